@@ -1,0 +1,1 @@
+"""Rollout-Guided Token Pruning."""

@@ -1,0 +1,372 @@
+"""Configuration: frozen dataclasses for the models and for RGTP, with validation, overrides and (de)serialisation.
+
+Model configs hold architecture only; :class:`RGTPConfig` holds everything about the method. A :class:`Preset`
+pairs them (see :mod:`rgtp.presets`). Every config round-trips through plain dicts (``to_dict`` / ``from_dict``),
+rejects unknown keys, and validates its values in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+__all__ = [
+    "ConfigError",
+    "Preset",
+    "RGTPConfig",
+    "RolloutConfig",
+    "ScheduleConfig",
+    "SelectionConfig",
+    "TrackingConfig",
+    "ViTDetConfig",
+    "ViViTConfig",
+    "from_dict",
+    "load_config",
+    "override",
+    "save_config",
+    "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value, an unknown key or an unknown preset."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _one_of(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    _check(value in allowed, f"{name} must be one of {allowed}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass(frozen=True)
+class ViTDetConfig:
+    """ViTDet backbone + simple feature pyramid (spec §1.1). Defaults: ViTDet-B at 1024."""
+
+    img_size: int = 1024  # side of the square (padded) input
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    window_size: int = 14  # windowed blocks use window_size² tokens per window
+    global_blocks: tuple[int, ...] = (2, 5, 8, 11)  # every other block is windowed
+    pos_embed_grid: int = 14  # side of the stored absolute position table (pre-training at 224)
+    rel_pos_grid: int = 64  # side the global blocks' relative-position tables are stored for (1024 / 16)
+    rel_pos_resize: Literal["table2d", "linear1d"] = "table2d"  # table2d: the reference; linear1d: detectron2
+    pyramid_dim: int = 256
+    num_classes: int = 30  # ImageNet VID
+
+    def __post_init__(self) -> None:
+        _check(self.img_size > 0 and self.img_size % self.patch_size == 0,
+               f"img_size {self.img_size} must be a positive multiple of patch_size {self.patch_size}")
+        _check(self.embed_dim % self.num_heads == 0, f"embed_dim {self.embed_dim} not divisible by num_heads")
+        _check(self.depth >= 1 and self.window_size >= 1, "depth and window_size must be >= 1")
+        _check(all(0 <= b < self.depth for b in self.global_blocks),
+               f"global_blocks {self.global_blocks} must lie in [0, {self.depth})")
+        _one_of("rel_pos_resize", self.rel_pos_resize, ("table2d", "linear1d"))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.img_size // self.patch_size
+        return side, side
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+@dataclass(frozen=True)
+class ViViTConfig:
+    """ViViT factorised encoder (spec §1.2). Defaults: ViViT-B/16x2 for Kinetics-400."""
+
+    img_size: int = 224
+    num_frames: int = 32
+    tubelet: tuple[int, int, int] = (2, 16, 16)  # (frames, height, width) per token
+    embed_dim: int = 768
+    depth: int = 12  # spatial blocks
+    temporal_depth: int = 4
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    num_classes: int = 400
+    dropout: float = 0.0  # before the classifier (training only)
+
+    def __post_init__(self) -> None:
+        _check(self.img_size % self.tubelet[1] == 0 and self.img_size % self.tubelet[2] == 0,
+               f"img_size {self.img_size} must be a multiple of the tubelet {self.tubelet}")
+        _check(self.num_frames % self.tubelet[0] == 0, f"num_frames {self.num_frames} not a multiple of tubelet")
+        _check(self.embed_dim % self.num_heads == 0, f"embed_dim {self.embed_dim} not divisible by num_heads")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.img_size // self.tubelet[1], self.img_size // self.tubelet[2]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_frames // self.tubelet[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RGTP
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Which tokens ROLLOUT steps keep (spec §7)."""
+
+    keep_ratio: float = 0.29  # rho: K_fg = round(rho * N) top tokens of the warped heatmap
+    fg_ratio: float = 1.0  # keep every round(1 / fg_ratio)-th of the K_fg top tokens, by rank
+    bg_ratio: float = 0.0  # also keep every round(1 / bg_ratio)-th of the other tokens, in raster order (0: none)
+    curve_order: bool = False  # count both strides along a Gilbert curve instead
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.keep_ratio <= 1.0, f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        _check(0.0 < self.fg_ratio <= 1.0, f"fg_ratio must be in (0, 1], got {self.fg_ratio}")
+        _check(0.0 <= self.bg_ratio <= 1.0, f"bg_ratio must be in [0, 1], got {self.bg_ratio}")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Which steps are reset steps (spec §7.6)."""
+
+    reset_every: int | None = 8  # steps t > 0 with t % reset_every == 0 are reset steps (None: never)
+    reset_mode: Literal["full", "grid"] = "full"  # full: process every token; grid: keep a fixed pattern
+    grid_pattern: Literal["1in2", "1in4", "1in9"] = "1in4"  # the pattern of grid reset steps
+
+    def __post_init__(self) -> None:
+        _check(self.reset_every is None or self.reset_every >= 1, f"reset_every must be >= 1 or None")
+        _one_of("reset_mode", self.reset_mode, ("full", "grid"))
+        _one_of("grid_pattern", self.grid_pattern, ("1in2", "1in4", "1in9"))
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How the importance heatmap is computed (spec §5)."""
+
+    head_fusion: Literal["rms", "mean"] = "rms"
+    pool: int = 1  # pool the rollout over pool x pool token cells (2 at 672)
+    form: Literal["forward", "backward"] = "backward"  # matrix products, or vector-matrix products (same result)
+    score_thr: float = 0.1  # ViTDet: detections above this score define the output tokens (anchors)
+    pruned_fill: Literal["none", "previous", "match"] = "previous"  # value of tokens pruned at this step
+
+    def __post_init__(self) -> None:
+        _one_of("head_fusion", self.head_fusion, ("rms", "mean"))
+        _check(self.pool >= 1, f"pool must be >= 1, got {self.pool}")
+        _one_of("form", self.form, ("forward", "backward"))
+        _check(0.0 <= self.score_thr < 1.0, f"score_thr must be in [0, 1), got {self.score_thr}")
+        _one_of("pruned_fill", self.pruned_fill, ("none", "previous", "match"))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """The local offset search that carries the heatmap to the next frame (spec §6)."""
+
+    radius: int = 1  # search offsets in [-radius, radius]²; 0 disables tracking
+    rel_threshold_pct: float | None = None  # move only if the best score beats the zero offset by this percentage
+
+    def __post_init__(self) -> None:
+        _check(self.radius >= 0, f"radius must be >= 0, got {self.radius}")
+
+
+@dataclass(frozen=True)
+class RGTPConfig:
+    """Rollout-Guided Token Pruning: pruning after block 0's attention, guided by the previous step's rollout."""
+
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+ModelConfig = Union[ViTDetConfig, ViViTConfig]  # noqa: UP007
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named, complete experiment: the model, the method (None for the dense baseline) and the data protocol."""
+
+    name: str
+    model: ModelConfig
+    rgtp: RGTPConfig | None = None
+    temporal_stride: int = 1  # ViViT: frames between sampled frames
+    views: tuple[int, int] = (3, 4)  # ViViT: (spatial, temporal) views per clip
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check(self.temporal_stride >= 1, "temporal_stride must be >= 1")
+        if self.rgtp is not None and isinstance(self.model, ViTDetConfig) and self.rgtp.rollout.pool > 1:
+            g = self.model.grid[0]
+            _check(g % self.rgtp.rollout.pool == 0, f"rollout pool {self.rgtp.rollout.pool} must divide grid {g}")
+
+    @property
+    def family(self) -> str:
+        return "vitdet" if isinstance(self.model, ViTDetConfig) else "vivit"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# (De)serialisation and overrides
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain, JSON/YAML-friendly data (tuples become lists; a Preset records its model family)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    if isinstance(cfg, Preset):
+        out["family"] = cfg.family
+    return out
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Convert plain data ``value`` to type ``tp`` (dataclasses, optionals, tuples, literals, scalars)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        real = [o for o in options if o is not type(None)]
+        if len(real) == 1:
+            return _coerce(real[0], value, where)
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, where)
+            except (ConfigError, TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} fits none of {options}: {'; '.join(errors)}")
+    if origin is Literal:
+        _one_of(where, value, typing.get_args(tp))
+        return value
+    if origin is tuple:
+        _check(isinstance(value, list | tuple), f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item_tp = args[0]
+        return tuple(_coerce(item_tp if len(args) == 2 and args[1] is Ellipsis else args[i], v, where)
+                     for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        _check(isinstance(value, dict), f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where + ".")
+    if tp is float:
+        _check(isinstance(value, int | float) and not isinstance(value, bool), f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        _check(isinstance(value, bool), f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        _check(isinstance(value, str), f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build config class ``cls`` from plain data; unknown keys and invalid values raise :class:`ConfigError`."""
+    data = dict(data)
+    if cls is Preset:
+        family = data.pop("family", None)
+        model_cls = {"vitdet": ViTDetConfig, "vivit": ViViTConfig}.get(family)  # type: ignore[arg-type]
+        _check(model_cls is not None, f"{where or 'preset'}: 'family' must be 'vitdet' or 'vivit', got {family!r}")
+        data["model"] = from_dict(model_cls, data.get("model", {}), f"{where}model.")  # type: ignore[arg-type]
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    _check(not unknown, f"unknown key(s) {[where + k for k in unknown]}; known: {sorted(names)}")
+    kwargs = {}
+    for k, v in data.items():
+        if cls is Preset and k == "model":
+            kwargs[k] = v
+        else:
+            kwargs[k] = _coerce(hints[k], v, f"{where}{k}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ConfigError) as exc:
+        raise ConfigError(f"{where.rstrip('.')}: {exc}" if where else str(exc)) from exc
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value: numbers, true/false, null/none, lists; anything else is a string."""
+    lowered = text.strip().lower()
+    if lowered in ("none", "null", "~"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def override(cfg: T, assignment: str) -> T:
+    """Apply one ``dotted.key=value`` override, e.g. ``rgtp.selection.keep_ratio=0.2``; returns a new config."""
+    key, sep, raw = assignment.partition("=")
+    _check(bool(sep) and bool(key), f"override {assignment!r} is not of the form key=value")
+    data = to_dict(cfg)
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        _check(isinstance(node.get(part), dict), f"override {key!r}: {part!r} is not a config section")
+        node = node[part]
+    _check(parts[-1] in node, f"override {key!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
+    node[parts[-1]] = parse_value(raw)
+    return from_dict(type(cfg), data)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a config as YAML (``.yaml``/``.yml``, needs PyYAML) or JSON (anything else)."""
+    path = Path(path)
+    data = to_dict(cfg)
+    if path.suffix in (".yaml", ".yml"):
+        path.write_text(_yaml().safe_dump(data, sort_keys=False))
+    else:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Read a config written by :func:`save_config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    data = _yaml().safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    _check(isinstance(data, dict), f"{path}: expected a mapping at the top level")
+    return from_dict(cls, data)
+
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("YAML configs need PyYAML: pip install 'rgtp[yaml]'") from exc
+    return yaml

@@ -1,0 +1,1 @@
+"""Data sources for rgtp: synthetic test videos and dataset helpers."""

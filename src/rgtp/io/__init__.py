@@ -1,0 +1,1 @@
+"""Video input/output helpers."""

@@ -1,0 +1,373 @@
+"""Video decoding and encoding with PyAV.
+
+PyAV is an optional dependency (``pip install 'rgtp[video]'``).  This module can
+always be imported; :class:`ImportError` with an installation hint is raised only
+when a function that needs PyAV is called.
+
+All frames exchanged with this module are RGB ``uint8`` arrays of shape
+``(H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "WRITABLE_SUFFIXES",
+    "VideoDecodeError",
+    "VideoInfo",
+    "VideoWriter",
+    "read_frames",
+    "video_info",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File suffixes (containers) that :class:`VideoWriter` accepts.
+WRITABLE_SUFFIXES: tuple[str, ...] = (".mp4", ".mkv", ".avi")
+
+_INSTALL_HINT = "PyAV is required for video I/O: install rgtp[video] (pip install 'rgtp[video]')"
+
+
+class VideoDecodeError(ValueError):
+    """Raised when a file exists but cannot be decoded as a video.
+
+    The message always contains the offending path and the underlying reason.
+    """
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Basic properties of the first video stream of a file.
+
+    Attributes:
+        width: Frame width in pixels.
+        height: Frame height in pixels.
+        fps: Average frame rate in frames per second (0.0 if unknown).
+        num_frames: Number of frames reported by the container, or ``None`` if
+            the container does not report it.
+    """
+
+    width: int
+    height: int
+    fps: float
+    num_frames: int | None
+
+
+def _import_av() -> Any:
+    """Import PyAV lazily, raising a helpful :class:`ImportError` if it is missing."""
+    try:
+        import av
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(_INSTALL_HINT) from exc
+    return av
+
+
+def _check_readable(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` as a :class:`Path`, raising :class:`FileNotFoundError` if absent."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"video file not found: {p}")
+    if p.is_dir():
+        raise IsADirectoryError(f"expected a video file but got a directory: {p}")
+    return p
+
+
+def _open_for_reading(av: Any, path: Path) -> Any:
+    """Open ``path`` with PyAV, translating FFmpeg failures into :class:`VideoDecodeError`."""
+    try:
+        container = av.open(str(path), mode="r")
+    except FileNotFoundError:
+        raise
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise VideoDecodeError(f"cannot open video {path}: {exc}") from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError(f"cannot decode video {path}: the file contains no video stream")
+    return container
+
+
+def _stream_fps(stream: Any) -> float:
+    """Best available frame-rate estimate of a PyAV video stream (0.0 if unknown)."""
+    for attr in ("average_rate", "guessed_rate", "base_rate"):
+        rate = getattr(stream, attr, None)
+        if rate:
+            value = float(rate)
+            if math.isfinite(value) and value > 0:
+                return value
+    return 0.0
+
+
+def video_info(path: str | os.PathLike[str]) -> VideoInfo:
+    """Read the size, frame rate and frame count of a video without decoding it.
+
+    Args:
+        path: Path to a video file.
+
+    Returns:
+        A :class:`VideoInfo` describing the first video stream.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        VideoDecodeError: If the file is not a readable video.
+        ImportError: If PyAV is not installed.
+    """
+    av = _import_av()
+    p = _check_readable(path)
+    container = _open_for_reading(av, p)
+    try:
+        stream = container.streams.video[0]
+        width = int(stream.codec_context.width or 0)
+        height = int(stream.codec_context.height or 0)
+        if width <= 0 or height <= 0:
+            raise VideoDecodeError(f"cannot decode video {p}: invalid frame size {width}x{height}")
+        frames = int(stream.frames or 0)
+        return VideoInfo(
+            width=width,
+            height=height,
+            fps=_stream_fps(stream),
+            num_frames=frames if frames > 0 else None,
+        )
+    finally:
+        container.close()
+
+
+def read_frames(path: str | os.PathLike[str], max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Decode the first video stream of a file frame by frame.
+
+    The existence of the file and ``max_frames`` are checked eagerly (when this
+    function is called); decoding errors are raised while iterating.
+
+    Args:
+        path: Path to a video file.
+        max_frames: Stop after this many frames (``None`` decodes all frames).
+
+    Yields:
+        RGB frames as ``uint8`` arrays of shape ``(H, W, 3)``.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If ``max_frames`` is negative.
+        VideoDecodeError: If the file cannot be decoded or yields no frame.
+        ImportError: If PyAV is not installed.
+    """
+    av = _import_av()
+    p = _check_readable(path)
+    if max_frames is not None and max_frames < 0:
+        raise ValueError(f"max_frames must be >= 0 or None, got {max_frames}")
+    return _decode(av, p, max_frames)
+
+
+def _decode(av: Any, path: Path, max_frames: int | None) -> Iterator[np.ndarray]:
+    """Generator behind :func:`read_frames`."""
+    if max_frames == 0:
+        return
+    container = _open_for_reading(av, path)
+    count = 0
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames)
+                array = frame.to_ndarray(format="rgb24")
+            except StopIteration:
+                break
+            except (av.error.FFmpegError, ValueError, OSError) as exc:
+                raise VideoDecodeError(f"cannot decode video {path} (after {count} frames): {exc}") from exc
+            count += 1
+            yield array
+            if max_frames is not None and count >= max_frames:
+                break
+    finally:
+        container.close()
+    if count == 0:
+        raise VideoDecodeError(f"cannot decode video {path}: no decodable frames")
+    logger.debug("decoded %d frames from %s", count, path)
+
+
+class VideoWriter:
+    """Encode RGB frames to a video file (``.mp4``, ``.mkv`` or ``.avi``) with PyAV.
+
+    The frame size is fixed by the first frame written.  Frames with an odd
+    width or height are padded to even size by replicating the last row/column
+    (required by ``yuv420p``).  The encoder is flushed and the file finalised by
+    :meth:`close`, which is called automatically when used as a context manager.
+
+    Example:
+        >>> with VideoWriter("out.mp4", fps=10) as writer:  # doctest: +SKIP
+        ...     for frame in frames:
+        ...         writer.write(frame)
+
+    Args:
+        path: Output file; its suffix selects the container format.
+        fps: Frame rate in frames per second (> 0).
+        codec: FFmpeg encoder name, e.g. ``"libx264"`` or ``"mpeg4"``.
+        options: Extra encoder options, e.g. ``{"crf": "18"}``.
+
+    Raises:
+        ImportError: If PyAV is not installed.
+        ValueError: If the suffix is unsupported, ``fps`` is not positive or the
+            codec is unknown.
+        FileNotFoundError: If the parent directory does not exist.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fps: float,
+        codec: str = "libx264",
+        *,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
+        self._av = _import_av()
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix not in WRITABLE_SUFFIXES:
+            raise ValueError(
+                f"unsupported video container {suffix!r} for {self.path}; use one of {WRITABLE_SUFFIXES}"
+            )
+        fps = float(fps)
+        if not math.isfinite(fps) or fps <= 0:
+            raise ValueError(f"fps must be a positive finite number, got {fps}")
+        if codec not in self._av.codecs_available:
+            raise ValueError(f"unknown video codec {codec!r} (not available in this FFmpeg build)")
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise FileNotFoundError(f"output directory does not exist: {parent}")
+        self.fps = fps
+        self.codec = codec
+        self.options: dict[str, str] = dict(options or {})
+        self._rate = Fraction(fps).limit_denominator(1001)
+        self._container: Any = None
+        self._stream: Any = None
+        self._size: tuple[int, int] | None = None  # (height, width) of the first frame
+        self._frames_written = 0
+        self._closed = False
+
+    @property
+    def frames_written(self) -> int:
+        """Number of frames passed to :meth:`write` so far."""
+        return self._frames_written
+
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` fixed by the first frame, or ``None`` before it."""
+        return self._size
+
+    def _open(self, height: int, width: int) -> None:
+        """Create the container and the video stream for frames of size ``(height, width)``."""
+        av = self._av
+        enc_h, enc_w = height + height % 2, width + width % 2
+        if (enc_h, enc_w) != (height, width):
+            logger.info(
+                "padding %dx%d frames to %dx%d (WxH) for yuv420p encoding of %s",
+                width,
+                height,
+                enc_w,
+                enc_h,
+                self.path,
+            )
+        try:
+            container = av.open(str(self.path), mode="w")
+        except av.error.FFmpegError as exc:
+            raise OSError(f"cannot open {self.path} for writing: {exc}") from exc
+        try:
+            stream = container.add_stream(self.codec, rate=self._rate, options=self.options or None)
+            stream.width = enc_w
+            stream.height = enc_h
+            stream.pix_fmt = "yuv420p"
+        except Exception:
+            container.close()
+            raise
+        self._container = container
+        self._stream = stream
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one frame.
+
+        Args:
+            frame: RGB ``uint8`` array of shape ``(H, W, 3)``.  ``(H, W)`` must
+                match the first frame written.
+
+        Raises:
+            ValueError: On a wrong dtype/shape, a size different from the first
+                frame, or if the writer is closed.
+        """
+        if self._closed:
+            raise ValueError(f"cannot write to closed VideoWriter for {self.path}")
+        arr = np.asarray(frame)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"expected an RGB frame of shape (H, W, 3), got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 frame, got dtype {arr.dtype}")
+        height, width = int(arr.shape[0]), int(arr.shape[1])
+        if height == 0 or width == 0:
+            raise ValueError(f"cannot write an empty frame of shape {arr.shape}")
+        if self._size is None:
+            self._open(height, width)
+            self._size = (height, width)
+        elif (height, width) != self._size:
+            h0, w0 = self._size
+            raise ValueError(
+                f"frame size {width}x{height} (WxH) differs from the first frame size {w0}x{h0} "
+                f"in {self.path}"
+            )
+        pad_h, pad_w = height % 2, width % 2
+        if pad_h or pad_w:
+            arr = np.pad(arr, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        av_frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+        av_frame.pts = self._frames_written
+        av_frame.time_base = 1 / self._rate
+        for packet in self._stream.encode(av_frame):
+            self._container.mux(packet)
+        self._frames_written += 1
+
+    def close(self) -> None:
+        """Flush the encoder and close the file.  Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._container is None:
+            logger.warning("VideoWriter for %s closed without any frame; no file written", self.path)
+            return
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+            self._container = None
+            self._stream = None
+        logger.debug("wrote %d frames to %s", self._frames_written, self.path)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception:  # do not mask the original exception
+            logger.exception("error while closing VideoWriter for %s", self.path)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and getattr(self, "_container", None) is not None:
+            logger.warning("VideoWriter for %s was not closed; call close() or use 'with'", self.path)

@@ -1,0 +1,157 @@
+"""Named presets: every row of the paper's result tables (spec §11), as builder functions in a registry.
+
+``get_preset(name)`` returns a frozen :class:`~rgtp.config.Preset`; ``PAPER[name]`` holds what the paper (and the
+reference code) report for that row, so tools can print ours next to theirs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from rgtp.config import (
+    ConfigError,
+    Preset,
+    RGTPConfig,
+    RolloutConfig,
+    ScheduleConfig,
+    SelectionConfig,
+    TrackingConfig,
+    ViTDetConfig,
+    ViViTConfig,
+)
+
+__all__ = ["PAPER", "PRESETS", "Reported", "get_preset", "preset_names", "register"]
+
+PRESETS: dict[str, Callable[[], Preset]] = {}
+
+
+@dataclass(frozen=True)
+class Reported:
+    """Figures reported by the paper / verified on the reference code for one preset (spec §11, §14)."""
+
+    accuracy: float  # mAP50 (VID) or top-1 (K400, EPIC verbs), in %
+    full_gmacs: float | None = None  # ViTDet: backbone + RGTP GMACs of a FULL frame
+    pruned_gmacs: float | None = None  # ViTDet: of a PRUNED frame (None for baselines)
+    avg_gmacs: float | None = None  # ViTDet: table entry (average over VID val, FULL fraction 0.1266)
+    clip_tmacs: float | None = None  # ViViT: TMACs per 12-view clip
+    kept: tuple[int, ...] = ()  # ViTDet: (K,); ViViT: (rollout steps, reset steps)
+
+
+PAPER: dict[str, Reported] = {}
+
+
+def register(name: str, builder: Callable[[], Preset], reported: Reported) -> None:
+    if name in PRESETS:
+        raise ValueError(f"preset {name!r} registered twice")
+    PRESETS[name] = builder
+    PAPER[name] = reported
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; an unknown name raises :class:`~rgtp.config.ConfigError` with suggestions."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known presets: {', '.join(PRESETS)}"
+        raise ConfigError(f"unknown preset {name!r}{hint}")
+    return PRESETS[name]()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ViTDet-B on ImageNet VID (spec §11.1)
+
+
+def _vitdet_rgtp(size: int, keep_ratio: float) -> RGTPConfig:
+    pooled = size == 672  # 672: pooled forward rollout; 1024: backward rollout, pruned tokens keep H_{t-1}
+    return RGTPConfig(
+        selection=SelectionConfig(keep_ratio=keep_ratio),
+        schedule=ScheduleConfig(reset_every=8, reset_mode="full", grid_pattern="1in4"),
+        rollout=RolloutConfig(
+            head_fusion="rms",
+            pool=2 if pooled else 1,
+            form="forward" if pooled else "backward",
+            score_thr=0.1,
+            pruned_fill="none" if pooled else "previous",
+        ),
+        tracking=TrackingConfig(radius=1),
+    )
+
+
+def _vitdet(name: str, size: int, keep_ratio: float | None) -> Preset:
+    rgtp = None if keep_ratio is None else _vitdet_rgtp(size, keep_ratio)
+    what = "dense baseline" if rgtp is None else f"RGTP keep_ratio={keep_ratio}, full frame every 8"
+    return Preset(name, ViTDetConfig(img_size=size), rgtp, description=f"ViTDet-B ImageNet VID {size}: {what}")
+
+
+_VITDET_ROWS = {
+    # name: (size, keep ratio, kept K, accuracy, full gmacs, pruned gmacs, table gmacs)
+    "vitdet_vid_672_base": (672, None, 1764, 82.28, 174.50, None, 174.5),
+    "vitdet_vid_672_keep768": (672, 0.435, 767, 82.37, 174.84, 81.62, 93.4),
+    "vitdet_vid_672_keep512": (672, 0.29, 512, 82.39, 174.84, 57.78, 72.6),
+    "vitdet_vid_672_keep384": (672, 0.2177, 384, 82.38, 174.84, 45.81, 62.1),
+    "vitdet_vid_672_keep196": (672, 0.111, 196, 82.06, 174.84, 28.23, 46.8),
+    "vitdet_vid_672_keep64": (672, 0.0363, 64, 80.53, 174.84, 15.88, 36.0),
+    "vitdet_vid_1024_base": (1024, None, 4096, 82.93, 467.44, None, 467.4),
+    "vitdet_vid_1024_keep2200": (1024, 0.537, 2200, 83.08, 467.51, 263.07, 288.9),
+    "vitdet_vid_1024_keep1400": (1024, 0.342, 1401, 83.04, 467.51, 176.91, 213.7),
+    "vitdet_vid_1024_keep750": (1024, 0.183, 750, 83.04, 467.51, 106.71, 152.4),
+    "vitdet_vid_1024_keep400": (1024, 0.097, 397, 82.68, 467.51, 68.64, 119.1),
+    "vitdet_vid_1024_keep75": (1024, 0.0183, 75, 80.03, 467.51, 33.92, 88.8),
+}
+for _name, (_size, _rho, _k, _acc, _full, _pruned, _avg) in _VITDET_ROWS.items():
+    register(
+        _name,
+        partial(_vitdet, _name, _size, _rho),
+        Reported(_acc, full_gmacs=_full, pruned_gmacs=_pruned, avg_gmacs=_avg, kept=(_k,)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ViViT-B factorised encoder on Kinetics-400 and EPIC-KITCHENS-100 verbs (spec §11.2, §11.3)
+
+
+def _vivit_rgtp(keep_ratio: float, fg_ratio: float, bg_ratio: float, reset_every: int, pattern: str) -> RGTPConfig:
+    return RGTPConfig(
+        selection=SelectionConfig(keep_ratio=keep_ratio, fg_ratio=fg_ratio, bg_ratio=bg_ratio),
+        schedule=ScheduleConfig(reset_every=reset_every, reset_mode="grid", grid_pattern=pattern),  # type: ignore[arg-type]
+        rollout=RolloutConfig(head_fusion="rms", pool=1, form="forward", pruned_fill="match"),
+        tracking=TrackingConfig(radius=1),
+    )
+
+
+def _vivit(name: str, dataset: str, rgtp_args: tuple[float, float, float, str] | None) -> Preset:
+    if dataset == "k400":
+        model, stride, reset, label = ViViTConfig(img_size=224, num_classes=400), 2, 8, "Kinetics-400"
+    else:
+        model, stride, reset, label = ViViTConfig(img_size=320, num_classes=97), 1, 4, "EPIC-KITCHENS-100 verbs"
+    rgtp = None
+    what = "dense baseline"
+    if rgtp_args is not None:
+        rho, r_f, r_b, pattern = rgtp_args
+        rgtp = _vivit_rgtp(rho, r_f, r_b, reset, pattern)
+        what = f"RGTP keep_ratio={rho} fg_ratio={r_f} bg_ratio={r_b}, {pattern} grid every {reset} steps"
+    return Preset(name, model, rgtp, temporal_stride=stride, description=f"ViViT-B FE {label}: {what}")
+
+
+_VIVIT_ROWS = {
+    # name: (dataset, (rho, r_f, r_b, pattern) or None, kept (rollout, reset), accuracy, TMACs per clip)
+    "vivit_k400_base": ("k400", None, (196, 196), 79.06, 3.3596),
+    "vivit_k400_keep049": ("k400", (0.49, 1.0, 0.0, "1in2"), (96, 98), 78.00, 1.7888),
+    "vivit_k400_keep0215": ("k400", (0.215, 1.0, 0.0, "1in2"), (42, 98), 75.93, 1.0157),
+    "vivit_k400_keep0066": ("k400", (0.066, 1.0, 0.0, "1in2"), (13, 98), 75.50, 0.6080),
+    "vivit_epic_base": ("epic", None, (400, 400), 67.14, 7.1220),
+    "vivit_epic_fg300_bg025": ("epic", (0.75, 1.0, 0.25, "1in2"), (325, 200), 68.13, 5.5077),
+    "vivit_epic_fg180_bg016": ("epic", (0.45, 1.0, 0.16666, "1in2"), (217, 200), 67.70, 4.0407),
+    "vivit_epic_fg120_bg005": ("epic", (0.30, 1.0, 0.05, "1in2"), (134, 200), 67.40, 2.9688),
+    "vivit_epic_fg160s05_bg009": ("epic", (0.40, 0.5, 0.09, "1in4"), (102, 100), 66.35, 2.2483),
+    "vivit_epic_fg96s05_bg003": ("epic", (0.24, 0.5, 0.03, "1in4"), (58, 100), 64.27, 1.7056),
+    "vivit_epic_fg28s05_bg00": ("epic", (0.14, 0.5, 0.0, "1in4"), (28, 100), 63.79, 1.3416),
+}
+for _name, (_ds, _args, _kept, _acc, _tmacs) in _VIVIT_ROWS.items():
+    register(_name, partial(_vivit, _name, _ds, _args), Reported(_acc, clip_tmacs=_tmacs, kept=_kept))

@@ -1,0 +1,14 @@
+"""The RGTP method as pure tensor functions plus one per-stream state object.
+
+- :mod:`rgtp.pruning.rollout`: head fusion, attention rollout (forward and backward forms), anchor masks, pooling.
+- :mod:`rgtp.pruning.tracking`: the local-offset warp that carries importance from frame t-1 to frame t.
+- :mod:`rgtp.pruning.selection`: top-k, foreground/background strided sampling, grid patterns, Gilbert order,
+  key-similarity matching of pruned tokens.
+- :mod:`rgtp.pruning.schedule`: which kind of frame step t is.
+- :mod:`rgtp.pruning.state`: :class:`StreamState`, everything that carries across frames.
+"""
+
+from rgtp.pruning.schedule import FrameKind, frame_kind
+from rgtp.pruning.state import StreamState
+
+__all__ = ["FrameKind", "StreamState", "frame_kind"]

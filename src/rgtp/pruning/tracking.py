@@ -1,0 +1,107 @@
+"""Token tracking: carry the importance heatmap of frame t-1 to frame t by a local offset search (spec §6)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["best_offsets", "offset_sources", "warp_importance"]
+
+
+@lru_cache(maxsize=32)
+def _offset_sources_cpu(height: int, width: int, radius: int) -> tuple[Tensor, Tensor]:
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")  # (H, W) each
+    sources, valid = [], []
+    for dy in range(-radius, radius + 1):  # row-major offset order: dy outer, dx inner
+        for dx in range(-radius, radius + 1):
+            sy, sx = ys + dy, xs + dx
+            inside = (sy >= 0) & (sy < height) & (sx >= 0) & (sx < width)
+            sources.append((sy.clamp(0, height - 1) * width + sx.clamp(0, width - 1)).flatten())
+            valid.append(inside.flatten())
+    return torch.stack(sources), torch.stack(valid)  # (O, N) long, (O, N) bool
+
+
+def offset_sources(height: int, width: int, radius: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """Source cell of every (offset, cell) pair and whether it lies inside the grid.
+
+    Returns:
+        sources: (O, N) raster index of cell p + o (clamped into the grid where it lies outside),
+            with O = (2 * radius + 1) ** 2 offsets in row-major order (dy outer, dx inner); the zero offset is O // 2.
+        valid: (O, N) True where p + o lies inside the grid.
+    """
+    src, valid = _offset_sources_cpu(height, width, radius)
+    return src.to(device), valid.to(device)
+
+
+def best_offsets(
+    features: Tensor,
+    prev_features: Tensor,
+    grid: tuple[int, int],
+    radius: int = 1,
+    rel_threshold_pct: float | None = None,
+) -> Tensor:
+    """For each current token, the offset to the best-matching token of the previous frame within ``radius``.
+
+    The match score is the raw dot product of the two tokens' features (the reference uses 768-d patch embeddings
+    before the position encoding). Candidates outside the grid are excluded; ties go to the first offset in row-major
+    order. With ``rel_threshold_pct`` = P, a non-zero offset wins only if its score is at least (100 + P)% of the
+    zero-offset score (clamped to 0.1 when not positive); otherwise the token stays in place.
+
+    Args:
+        features: (B, N, C) features of frame t.
+        prev_features: (B, N, C) features of frame t-1.
+        grid: (H, W) token grid, N = H * W.
+
+    Returns:
+        (B, N) long, the winning offset index in [0, (2 * radius + 1) ** 2).
+    """
+    b, n, c = features.shape
+    h, w = grid
+    if n != h * w or prev_features.shape != features.shape:
+        raise ValueError(f"features {tuple(features.shape)} / {tuple(prev_features.shape)} do not match grid {grid}")
+    prev = F.pad(prev_features.view(b, h, w, c), (0, 0, radius, radius, radius, radius))  # (B, H+2r, W+2r, C)
+    cur = features.reshape(b * n, 1, c)  # (B*N, 1, C)
+    scores = []
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            shifted = prev[:, dy : dy + h, dx : dx + w].reshape(b * n, c, 1)  # (B*N, C, 1)
+            scores.append(torch.bmm(cur, shifted).view(b, n))  # (B, N): N*C MACs per offset
+    score = torch.stack(scores, dim=1)  # (B, O, N)
+    _, valid = offset_sources(h, w, radius, features.device)
+    score = score.masked_fill(~valid, float("-inf"))
+    best = score.argmax(dim=1)  # (B, N), first maximum on ties
+    if rel_threshold_pct is not None:
+        center = score.shape[1] // 2
+        zero_score = score[:, center]  # (B, N)
+        zero_score = torch.where(zero_score > 0, zero_score, torch.full_like(zero_score, 0.1))
+        moves = score.amax(dim=1) / zero_score >= (100.0 + rel_threshold_pct) / 100.0
+        best = torch.where(moves, best, torch.full_like(best, center))
+    return best
+
+
+def warp_importance(
+    importance: Tensor,
+    features: Tensor,
+    prev_features: Tensor,
+    grid: tuple[int, int],
+    radius: int = 1,
+    rel_threshold_pct: float | None = None,
+) -> Tensor:
+    """Pull-warp the previous heatmap onto the current frame: H'(p) = H(p + o*(p)).
+
+    Args:
+        importance: (B, N) heatmap of frame t-1.
+        features, prev_features, grid, radius, rel_threshold_pct: as in :func:`best_offsets`.
+
+    Returns:
+        (B, N) warped heatmap (not renormalised; it is only used for ranking). ``radius=0`` returns ``importance``.
+    """
+    if radius == 0:
+        return importance
+    best = best_offsets(features, prev_features, grid, radius, rel_threshold_pct)  # (B, N)
+    sources, _ = offset_sources(grid[0], grid[1], radius, importance.device)  # (O, N)
+    src = sources.gather(0, best)  # (B, N): (O, N) gathered by row index per (b, n)
+    return importance.gather(1, src)
