@@ -1,0 +1,5 @@
+import sys
+
+from rgtp.cli import main
+
+sys.exit(main())

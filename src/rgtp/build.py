@@ -1,0 +1,70 @@
+"""Build models and RGTP runtimes from presets; load weights strictly."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rgtp.config import Preset, ViTDetConfig
+from rgtp.models.vitdet import ViTDet
+from rgtp.models.vivit import ViViT
+from rgtp.runtime import DenseViTDet, RGTPViTDet, RGTPViViT
+
+__all__ = ["WeightsError", "build_model", "build_runtime", "load_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+class WeightsError(ValueError):
+    """A checkpoint that does not fit the model (missing/unexpected keys, wrong shapes, unreadable file)."""
+
+
+def build_model(preset: Preset, device: torch.device | str = "cpu", seed: int = 0) -> nn.Module:
+    """The preset's model with random (seeded) weights, in eval mode."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model: nn.Module = ViTDet(preset.model) if isinstance(preset.model, ViTDetConfig) else ViViT(preset.model)
+    return model.eval()
+
+
+def build_runtime(preset: Preset, model: nn.Module) -> DenseViTDet | RGTPViTDet | RGTPViViT | ViViT:
+    """What runs the preset on a stream: the RGTP runtime, or the dense model for a baseline preset."""
+    if isinstance(model, ViTDet):
+        return DenseViTDet(model) if preset.rgtp is None else RGTPViTDet(model, preset.rgtp)
+    assert isinstance(model, ViViT)
+    return model if preset.rgtp is None else RGTPViViT(model, preset.rgtp)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load an rgtp checkpoint (a state dict, or {"model": state dict}) strictly; errors name every mismatch."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported with the path
+        raise WeightsError(f"cannot read weights {path}: {exc}") from exc
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} is not a state dict (or a dict with a 'model' state dict)")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(
+            f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
+        )
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es): {'; '.join(wrong[:8])}")
+    if problems:
+        raise WeightsError(f"weights {path} do not fit the model: " + " | ".join(problems))
+    model.load_state_dict(state, strict=True)
+    logger.info("loaded %d tensors from %s", len(state), path)

@@ -1,0 +1,298 @@
+"""Run a preset over a video file frame by frame: per-frame JSON lines, an optional annotated video, a summary.
+
+This is the engine behind ``rgtp run`` and ``rgtp demo``. Results are written line by line as frames finish, so an
+interrupted run keeps everything up to the last frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rgtp.accounting import Accounting, count_preset
+from rgtp.build import build_model, build_runtime, load_weights
+from rgtp.config import Preset, ViTDetConfig
+from rgtp.io.video import VideoWriter, read_frames, video_info
+from rgtp.models.vitdet import PIXEL_MEAN, PIXEL_STD, preprocess_frame
+from rgtp.models.vivit import ViViT
+from rgtp.pruning.schedule import FrameKind
+from rgtp.runtime import RGTPViViT
+
+__all__ = ["RunSummary", "run_video"]
+
+logger = logging.getLogger(__name__)
+
+VIVIT_MEAN, VIVIT_STD = 0.45, 0.225
+
+
+@dataclass
+class RunSummary:
+    """Totals of one run (times in ms per frame or clip; compute in GMACs per frame or TMACs per clip)."""
+
+    preset: str
+    video: str
+    weights: str  # path, or "random"
+    frames: int = 0
+    by_kind: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> {count, gmacs, ms_mean}
+    mean_gmacs: float = 0.0
+    dense_gmacs: float = 0.0
+    clips: list[dict[str, Any]] = field(default_factory=list)  # ViViT: per-clip predictions
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A small Markdown table of the run."""
+        unit = "GMACs/frame" if not self.clips else "GMACs/step·view"
+        rows = [f"| step kind | count | {unit} | ms (mean) |", "|---|---|---|---|"]
+        for kind, v in self.by_kind.items():
+            rows.append(f"| {kind} | {int(v['count'])} | {v['gmacs']:.2f} | {v['ms_mean']:.1f} |")
+        return "\n".join(rows)
+
+
+def _progress(items: Iterable[Any], total: int | None, desc: str) -> Iterator[Any]:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield from items
+        return
+    yield from tqdm(items, total=total, desc=desc, unit="frame", dynamic_ncols=True)
+
+
+def run_video(
+    video: str | Path,
+    preset: Preset,
+    weights: str | Path | None = None,
+    jsonl: str | Path | None = None,
+    out_video: str | Path | None = None,
+    max_frames: int | None = None,
+    device: str = "cpu",
+) -> RunSummary:
+    """Run ``preset`` over ``video``; write JSON lines to ``jsonl`` and an annotated video to ``out_video``."""
+    video = Path(video)
+    info = video_info(video)  # fails early, naming the file, if it is missing or not a video
+    model = build_model(preset, device)
+    if weights is not None:
+        load_weights(model, weights)
+    else:
+        logger.warning("no --weights given: running with RANDOM weights; outputs are not meaningful, "
+                       "token selection, compute and timing are")
+    summary = RunSummary(preset.name, str(video), "random" if weights is None else str(weights))
+    accounting = count_preset(preset)
+    total = info.num_frames if max_frames is None else min(max_frames, info.num_frames or max_frames)
+    with ExitStack() as stack:
+        sink = stack.enter_context(open(jsonl, "w")) if jsonl else None  # noqa: SIM115 - closed by the stack
+        writer = stack.enter_context(VideoWriter(out_video, fps=info.fps or 10.0)) if out_video else None
+        frames = read_frames(video, max_frames)
+        if isinstance(preset.model, ViTDetConfig):
+            records = _run_vitdet(preset, model, frames, accounting, writer, summary.weights)
+        else:
+            records = _run_vivit(preset, model, frames, accounting, writer, summary)
+        for record in _progress(records, total, preset.name):
+            _add(summary, record)
+            if sink is not None:
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+    summary.dense_gmacs = _dense_gmacs(preset)
+    if jsonl:
+        summary.outputs["jsonl"] = str(jsonl)
+    if out_video:
+        summary.outputs["video"] = str(out_video)
+    return summary
+
+
+def _dense_gmacs(preset: Preset) -> float:
+    """GMACs per frame (ViTDet) or per step and view (ViViT) of the dense model."""
+    dense = count_preset(replace(preset, rgtp=None))
+    if dense.full_frame_gmacs is not None:
+        return dense.full_frame_gmacs
+    assert dense.clip_tmacs is not None
+    views = preset.views[0] * preset.views[1]
+    return dense.clip_tmacs * 1e3 / (views * preset.model.num_steps)  # per step and view
+
+
+def _add(summary: RunSummary, record: dict[str, Any]) -> None:
+    if "clip_summary" in record:
+        summary.clips.append(record["clip_summary"])
+        return
+    kind = summary.by_kind.setdefault(record["kind"], {"count": 0, "gmacs": record["gmacs"], "ms_mean": 0.0})
+    kind["ms_mean"] = (kind["ms_mean"] * kind["count"] + record["ms"]) / (kind["count"] + 1)
+    kind["count"] += 1
+    summary.frames += 1
+    summary.mean_gmacs += (record["gmacs"] - summary.mean_gmacs) / summary.frames
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ViTDet
+
+
+def _run_vitdet(
+    preset: Preset,
+    model: torch.nn.Module,
+    frames: Iterable[np.ndarray],
+    accounting: Accounting,
+    writer: VideoWriter | None,
+    weights: str,
+) -> Iterator[dict[str, Any]]:
+    cfg = preset.model
+    assert isinstance(cfg, ViTDetConfig)
+    runtime = build_runtime(preset, model)
+    state = runtime.new_state()  # type: ignore[union-attr]
+    device = next(model.parameters()).device
+    for t, frame in enumerate(frames):
+        image, scale = preprocess_frame(torch.from_numpy(frame).to(device), cfg.img_size)
+        start = time.perf_counter()
+        result = runtime.step(image[None], state)  # type: ignore[union-attr]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - start) * 1e3
+        gmacs = accounting.full_frame_gmacs if result.kind is FrameKind.FULL else accounting.pruned_frame_gmacs
+        record: dict[str, Any] = {
+            "frame": t,
+            "kind": result.kind.value,
+            "kept": result.num_kept,
+            "tokens": cfg.num_tokens,
+            "gmacs": round(float(gmacs or 0.0), 4),
+            "ms": round(ms, 2),
+            "weights": weights,
+            "outputs": {
+                "features": {k: list(v.shape[1:]) for k, v in result.features.items()},
+                "detections": None if result.detections is None else _detections_json(result.detections[0], scale),
+            },
+        }
+        if writer is not None:
+            writer.write(_annotate_vitdet(image, scale, frame.shape[:2], result, cfg, gmacs or 0.0, weights))
+        yield record
+
+
+def _detections_json(det: Any, scale: float) -> list[dict[str, Any]]:
+    return [
+        {"box": [round(float(v) / scale, 1) for v in box], "score": round(float(s), 4), "label": int(c)}
+        for box, s, c in zip(det.boxes, det.scores, det.labels, strict=True)
+    ]
+
+
+def _annotate_vitdet(
+    image: Tensor, scale: float, hw: tuple[int, int], result: Any, cfg: ViTDetConfig, gmacs: float, weights: str
+) -> np.ndarray:
+    from rgtp.viz import add_caption, overlay_tokens
+
+    gh, gw = cfg.grid
+    h, w = round(hw[0] * scale), round(hw[1] * scale)
+    mean = torch.tensor(PIXEL_MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=image.device).view(3, 1, 1)
+    pixels = (image * std + mean)[:, :h, :w].clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    kept = _kept_grid(result.keep_idx, gh, gw)
+    heat = result.scores if result.scores is not None else result.importance
+    heat_np = None if heat is None else heat[0].float().view(gh, gw).cpu().numpy()
+    frame = overlay_tokens(pixels, kept, heat_np, cfg.patch_size)
+    caption = f"t={result.t} {result.kind.value.upper()} kept {result.num_kept}/{cfg.num_tokens}  {gmacs:.1f} GMACs"
+    if weights == "random":
+        caption += "  [random weights]"
+    return add_caption(frame, caption)
+
+
+def _kept_grid(keep_idx: Tensor | None, gh: int, gw: int) -> np.ndarray:
+    kept = np.ones(gh * gw, dtype=bool)
+    if keep_idx is not None:
+        kept[:] = False
+        kept[keep_idx[0].cpu().numpy()] = True
+    return kept.reshape(gh, gw)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ViViT
+
+
+def _clips(frames: Iterable[np.ndarray], length: int) -> Iterator[list[np.ndarray]]:
+    clip: list[np.ndarray] = []
+    for frame in frames:
+        clip.append(frame)
+        if len(clip) == length:
+            yield clip
+            clip = []
+    if clip:
+        yield clip + [clip[-1]] * (length - len(clip))  # pad a short tail by repeating its last frame
+
+
+def center_view(frames: list[np.ndarray], size: int, stride: int, device: torch.device) -> Tensor:
+    """One centre view: every ``stride``-th frame, normalised, short side resized to ``size``, centre crop.
+
+    Returns (1, 3, T, size, size).
+    """
+    x = torch.from_numpy(np.stack(frames[::stride])).to(device).permute(3, 0, 1, 2).float() / 255.0  # (3, T, H, W)
+    x = (x - VIVIT_MEAN) / VIVIT_STD
+    h, w = x.shape[-2:]
+    scale = max(size / h, size / w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)  # (3, T, nh, nw)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[None, :, :, top : top + size, left : left + size]
+
+
+def _run_vivit(
+    preset: Preset,
+    model: torch.nn.Module,
+    frames: Iterable[np.ndarray],
+    accounting: Accounting,
+    writer: VideoWriter | None,
+    summary: RunSummary,
+) -> Iterator[dict[str, Any]]:
+    assert isinstance(model, ViViT)
+    cfg = model.cfg
+    runtime = build_runtime(preset, model)
+    device = next(model.parameters()).device
+    views = preset.views[0] * preset.views[1]
+    step_gmacs = (accounting.clip_tmacs or 0.0) * 1e3 / (views * cfg.num_steps)  # mean per step and view
+    for c, raw in enumerate(_clips(frames, cfg.num_frames * preset.temporal_stride)):
+        clip = center_view(raw, cfg.img_size, preset.temporal_stride, device)
+        start = time.perf_counter()
+        if isinstance(runtime, RGTPViViT):
+            result = runtime.run_clip(clip)
+            logits, steps = result.logits, result.steps
+        else:
+            with torch.no_grad():
+                logits, steps = runtime(clip), []
+        ms = (time.perf_counter() - start) * 1e3
+        per_step_ms = ms / cfg.num_steps
+        kinds = [s.kind.value for s in steps] or ["full"] * cfg.num_steps
+        kept = [s.num_kept for s in steps] or [cfg.num_tokens] * cfg.num_steps
+        for t in range(cfg.num_steps):
+            yield {"clip": c, "step": t, "frame": c * len(raw) + t * cfg.tubelet[0] * preset.temporal_stride,
+                   "kind": kinds[t], "kept": kept[t], "tokens": cfg.num_tokens, "gmacs": round(step_gmacs, 4),
+                   "ms": round(per_step_ms, 2), "weights": summary.weights}
+        probs = logits.softmax(-1)[0]
+        top = probs.topk(min(5, probs.numel()))
+        yield {"clip_summary": {"clip": c, "top5": [[int(i), round(float(p), 4)] for p, i in zip(*top, strict=True)],
+                                "tmacs_per_clip_all_views": accounting.clip_tmacs, "ms_one_view": round(ms, 1)}}
+        if writer is not None:
+            for frame in _annotate_vivit(clip, steps, cfg.tubelet, cfg.grid, summary.weights):
+                writer.write(frame)
+
+
+def _annotate_vivit(
+    clip: Tensor, steps: list[Any], tubelet: tuple[int, int, int], grid: tuple[int, int], weights: str
+) -> Iterator[np.ndarray]:
+    from rgtp.viz import add_caption, overlay_tokens
+
+    pixels = ((clip[0] * VIVIT_STD + VIVIT_MEAN) * 255).clamp(0, 255).byte().permute(1, 2, 3, 0).cpu().numpy()
+    for i, frame in enumerate(pixels):  # (T, H, W, 3)
+        t = i // tubelet[0]
+        step = steps[t] if steps else None
+        kept = _kept_grid(None if step is None else step.keep_idx, *grid)
+        heat = None
+        if step is not None:
+            src = step.scores if step.scores is not None else step.importance
+            heat = src[0].float().view(*grid).cpu().numpy()
+        text = f"step {t} {'FULL' if step is None else step.kind.value.upper()} kept {kept.sum()}/{kept.size}"
+        if weights == "random":
+            text += " [random weights]"
+        yield add_caption(overlay_tokens(np.ascontiguousarray(frame), kept, heat, tubelet[1]), text)

@@ -1,0 +1,153 @@
+"""Configs, presets, overrides, serialisation, weights loading, and the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_VITDET, TINY_VIVIT, vitdet_rgtp, vivit_rgtp
+
+from rgtp.build import WeightsError, build_model, load_weights
+from rgtp.cli import main
+from rgtp.config import (
+    ConfigError,
+    Preset,
+    SelectionConfig,
+    ViTDetConfig,
+    from_dict,
+    load_config,
+    override,
+    save_config,
+    to_dict,
+)
+from rgtp.presets import PAPER, get_preset, preset_names
+
+EXPECTED = {
+    "vitdet_vid_672_base", "vitdet_vid_672_keep768", "vitdet_vid_672_keep512", "vitdet_vid_672_keep384",
+    "vitdet_vid_672_keep196", "vitdet_vid_672_keep64", "vitdet_vid_1024_base", "vitdet_vid_1024_keep2200",
+    "vitdet_vid_1024_keep1400", "vitdet_vid_1024_keep750", "vitdet_vid_1024_keep400", "vitdet_vid_1024_keep75",
+    "vivit_k400_base", "vivit_k400_keep049", "vivit_k400_keep0215", "vivit_k400_keep0066", "vivit_epic_base",
+    "vivit_epic_fg300_bg025", "vivit_epic_fg180_bg016", "vivit_epic_fg120_bg005", "vivit_epic_fg160s05_bg009",
+    "vivit_epic_fg96s05_bg003", "vivit_epic_fg28s05_bg00",
+}
+
+
+def test_every_paper_row_has_a_preset() -> None:
+    assert set(preset_names()) == EXPECTED == set(PAPER)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_presets_round_trip(name: str, tmp_path: Path) -> None:
+    preset = get_preset(name)
+    assert from_dict(Preset, json.loads(json.dumps(to_dict(preset)))) == preset
+    save_config(preset, tmp_path / "p.yaml")
+    assert load_config(Preset, tmp_path / "p.yaml") == preset
+
+
+def test_unknown_preset_suggests_close_names() -> None:
+    with pytest.raises(ConfigError, match="did you mean vitdet_vid_672_keep512"):
+        get_preset("vitdet_vid_672_keep521")
+
+
+def test_invalid_values_and_keys() -> None:
+    with pytest.raises(ConfigError, match="keep_ratio"):
+        SelectionConfig(keep_ratio=0.0)
+    with pytest.raises(ConfigError, match="keep_ratio"):
+        SelectionConfig(keep_ratio=1.2)
+    with pytest.raises(ConfigError, match="patch_size"):
+        ViTDetConfig(img_size=100)
+    preset = get_preset("vitdet_vid_672_keep512")
+    with pytest.raises(ConfigError, match="unknown key 'keep'"):
+        override(preset, "rgtp.selection.keep=0.2")
+    with pytest.raises(ConfigError, match="rgtp.rollout"):
+        override(preset, "rgtp.rollout.form=sideways")
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(Preset, {**to_dict(preset), "extra": 1})
+    with pytest.raises(ConfigError, match="key=value"):
+        override(preset, "rgtp.selection.keep_ratio")
+
+
+def test_override_types() -> None:
+    preset = get_preset("vitdet_vid_672_keep512")
+    assert override(preset, "rgtp.selection.keep_ratio=0.5").rgtp.selection.keep_ratio == 0.5
+    assert override(preset, "rgtp.schedule.reset_every=none").rgtp.schedule.reset_every is None
+    assert override(preset, "model.global_blocks=[1, 3]").model.global_blocks == (1, 3)
+    assert override(preset, "rgtp.tracking.radius=0").rgtp.tracking.radius == 0
+
+
+def test_presets_are_frozen() -> None:
+    preset = get_preset("vivit_k400_base")
+    with pytest.raises(AttributeError):
+        preset.name = "x"  # type: ignore[misc]
+
+
+def test_load_weights_strict(tmp_path: Path) -> None:
+    preset = Preset("tiny", TINY_VITDET, vitdet_rgtp())
+    model = build_model(preset)
+    good = tmp_path / "good.pt"
+    torch.save({"model": build_model(preset, seed=1).state_dict()}, good)
+    load_weights(model, good)
+    state = model.state_dict()
+    bad = dict(state)
+    bad.pop("net.pos_embed")
+    bad["net.extra"] = torch.zeros(1)
+    bad["net.blocks.0.attn.qkv.weight"] = torch.zeros(3, 3)
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(WeightsError) as err:
+        load_weights(model, tmp_path / "bad.pt")
+    assert "net.pos_embed" in str(err.value) and "net.extra" in str(err.value) and "(3, 3)" in str(err.value)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="junk.pt"):
+        load_weights(model, tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError):
+        load_weights(model, tmp_path / "missing.pt")
+
+
+def test_cli_flops_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["flops", "vivit_k400_keep049", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["preset"] == "vivit_k400_keep049" and out["unit"] == "MAC" and out["clip_tmacs"] > 1.7
+
+
+def test_cli_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["flops", "no_such_preset"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    assert main(["flops", "vitdet_vid_672_keep512", "--set", "rgtp.selection.keep_ratio=3"]) == 2
+    assert "keep_ratio" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.mp4"), "--preset", "vitdet_vid_672_keep512"]) == 2
+    assert "missing.mp4" in capsys.readouterr().err
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00garbage" * 100)
+    assert main(["run", str(tmp_path / "corrupt.mp4"), "--preset", "vitdet_vid_672_keep512"]) == 2
+    assert "corrupt.mp4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["vitdet", "vivit"])
+def test_cli_run_tiny_preset_writes_results_and_video(family: str, tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    from rgtp.data.synthetic import moving_shapes_video, write_video
+    from rgtp.io.video import read_frames
+
+    frames, _ = moving_shapes_video(num_frames=10, height=48, width=80, seed=0)
+    write_video(tmp_path / "in.mp4", frames)
+    if family == "vitdet":
+        preset = Preset("tiny_vitdet", TINY_VITDET, vitdet_rgtp(reset_every=4))
+    else:
+        preset = Preset("tiny_vivit", TINY_VIVIT, vivit_rgtp(), views=(1, 1))
+    save_config(preset, tmp_path / "tiny.yaml")
+    args = ["run", str(tmp_path / "in.mp4"), "--config", str(tmp_path / "tiny.yaml"),
+            "--jsonl", str(tmp_path / "out.jsonl"), "--out", str(tmp_path / "out.mp4")]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "kind" in r]
+    if family == "vitdet":
+        assert [r["frame"] for r in steps] == list(range(10))
+        assert [r["kind"] for r in steps[:5]] == ["full", "rollout", "rollout", "rollout", "full"]
+        assert steps[1]["kept"] == 30 and steps[0]["kept"] == 100 and steps[1]["gmacs"] < steps[0]["gmacs"]
+        assert len(list(read_frames(tmp_path / "out.mp4"))) == 10
+    else:  # 10 frames -> 2 clips of 8 (the second padded), 4 steps each
+        assert len(steps) == 8 and [r["kept"] for r in steps[:4]] == [16, 10, 8, 10]
+        assert len([r for r in records if "clip_summary" in r]) == 2
+        assert len(list(read_frames(tmp_path / "out.mp4"))) == 16
+    assert all(r["weights"] == "random" for r in steps)
