@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _timing import Case, environment, measure_interleaved, summarize
 from torch import Tensor
 
+from _timing import Case, environment, measure_interleaved, summarize
 from rgtp.flops import PAPER_SCOPES, MacCounter
 from rgtp.models.vitdet import ViTDet
 from rgtp.presets import PAPER, get_preset
@@ -266,7 +266,8 @@ def print_report(rows: list[dict[str, Any]], overhead: dict[str, Any], pyramid_m
         f"{p}: {PAPER[p].full_gmacs} / {PAPER[p].pruned_gmacs} (counted {gmacs[p]['FULL']:.2f} / "
         f"{gmacs[p]['PRUNED']:.2f})" for p in presets))
     print("\nRGTP overhead on a PRUNED frame (medians, ms):\n")
-    print("| variant | warp | select | attn rows (fuse+pool, global blocks) | rollout + upsample | total | % of PRUNED |")
+    print("| variant | warp | select | attn rows (fuse+pool, global blocks) | rollout + upsample | total "
+          "| % of PRUNED |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, o in overhead.items():
         print(f"| {name} | {o['warp_ms']:.2f} | {o['select_ms']:.2f} | {o['rows_ms']:.2f} | {o['rollout_ms']:.2f} | "

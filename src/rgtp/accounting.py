@@ -105,4 +105,3 @@ def _count_vivit(preset: Preset, model: ViViT, acc: Accounting) -> None:
 
 def _gscopes(counter: MacCounter) -> dict[str, float]:
     return {k: v / 1e9 for k, v in sorted(counter.by_scope().items())}
-

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,8 +32,12 @@ def _add_preset_args(p: argparse.ArgumentParser, positional: bool) -> None:
     else:
         p.add_argument("--preset", default="vitdet_vid_672_keep512", help="preset name (see `rgtp presets`)")
     p.add_argument("--config", help="a preset saved as YAML/JSON (instead of a preset name)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a field, e.g. rgtp.selection.keep_ratio=0.2 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a field, e.g. rgtp.selection.keep_ratio=0.2 (repeatable)",
+    )
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -103,8 +106,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     frames, _ = moving_shapes_video(num_frames=args.frames, height=args.height, width=args.width, seed=args.seed)
     write_video(video, frames, fps=10)
     logger.info("generated %s (%d frames %dx%d)", video, args.frames, args.width, args.height)
-    summary = run_video(video, preset, args.weights, out_dir / "frames.jsonl", out_dir / "annotated.mp4",
-                        None, args.device)
+    summary = run_video(
+        video, preset, args.weights, out_dir / "frames.jsonl", out_dir / "annotated.mp4", None, args.device
+    )
     _report(summary)
     return 0
 
@@ -116,8 +120,10 @@ def _report(summary: object) -> None:
     print(summary.table())
     unit = "GMACs per frame" if not summary.clips else "GMACs per step and view"
     saving = 100 * (1 - summary.mean_gmacs / summary.dense_gmacs) if summary.dense_gmacs else 0.0
-    print(f"\n{summary.frames} frames of {summary.video} with {summary.preset}: mean {summary.mean_gmacs:.2f} {unit}"
-          f" vs dense {summary.dense_gmacs:.2f} ({saving:.0f}% fewer MACs)")
+    print(
+        f"\n{summary.frames} frames of {summary.video} with {summary.preset}: mean {summary.mean_gmacs:.2f} {unit}"
+        f" vs dense {summary.dense_gmacs:.2f} ({saving:.0f}% fewer MACs)"
+    )
     for clip in summary.clips:
         print(f"clip {clip['clip']}: top-5 (class, prob) {clip['top5']}")
     if summary.weights == "random":
@@ -143,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(fn=cmd_flops)
 
-    for name, fn, text in (("run", cmd_run, "run a preset frame by frame on a video"),
-                           ("demo", cmd_demo, "generate a short video and run a preset on it (no download)")):
+    for name, fn, text in (
+        ("run", cmd_run, "run a preset frame by frame on a video"),
+        ("demo", cmd_demo, "generate a short video and run a preset on it (no download)"),
+    ):
         p = sub.add_parser(name, help=text)
         if name == "run":
             p.add_argument("video", help="input video file (anything PyAV decodes)")
@@ -166,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     if getattr(args, "preset", "x") is None and getattr(args, "config", None) is None:
         print("rgtp: error: name a preset (see `rgtp presets`) or give --config FILE", file=sys.stderr)
         return 2

@@ -70,12 +70,16 @@ class ViTDetConfig:
     num_classes: int = 30  # ImageNet VID
 
     def __post_init__(self) -> None:
-        _check(self.img_size > 0 and self.img_size % self.patch_size == 0,
-               f"img_size {self.img_size} must be a positive multiple of patch_size {self.patch_size}")
+        _check(
+            self.img_size > 0 and self.img_size % self.patch_size == 0,
+            f"img_size {self.img_size} must be a positive multiple of patch_size {self.patch_size}",
+        )
         _check(self.embed_dim % self.num_heads == 0, f"embed_dim {self.embed_dim} not divisible by num_heads")
         _check(self.depth >= 1 and self.window_size >= 1, "depth and window_size must be >= 1")
-        _check(all(0 <= b < self.depth for b in self.global_blocks),
-               f"global_blocks {self.global_blocks} must lie in [0, {self.depth})")
+        _check(
+            all(0 <= b < self.depth for b in self.global_blocks),
+            f"global_blocks {self.global_blocks} must lie in [0, {self.depth})",
+        )
         _one_of("rel_pos_resize", self.rel_pos_resize, ("table2d", "linear1d"))
 
     @property
@@ -104,8 +108,10 @@ class ViViTConfig:
     dropout: float = 0.0  # before the classifier (training only)
 
     def __post_init__(self) -> None:
-        _check(self.img_size % self.tubelet[1] == 0 and self.img_size % self.tubelet[2] == 0,
-               f"img_size {self.img_size} must be a multiple of the tubelet {self.tubelet}")
+        _check(
+            self.img_size % self.tubelet[1] == 0 and self.img_size % self.tubelet[2] == 0,
+            f"img_size {self.img_size} must be a multiple of the tubelet {self.tubelet}",
+        )
         _check(self.num_frames % self.tubelet[0] == 0, f"num_frames {self.num_frames} not a multiple of tubelet")
         _check(self.embed_dim % self.num_heads == 0, f"embed_dim {self.embed_dim} not divisible by num_heads")
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
@@ -151,7 +157,7 @@ class ScheduleConfig:
     grid_pattern: Literal["1in2", "1in4", "1in9"] = "1in4"  # the pattern of grid reset steps
 
     def __post_init__(self) -> None:
-        _check(self.reset_every is None or self.reset_every >= 1, f"reset_every must be >= 1 or None")
+        _check(self.reset_every is None or self.reset_every >= 1, "reset_every must be >= 1 or None")
         _one_of("reset_mode", self.reset_mode, ("full", "grid"))
         _one_of("grid_pattern", self.grid_pattern, ("1in2", "1in4", "1in9"))
 
@@ -271,24 +277,28 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         _check(isinstance(value, list | tuple), f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
         item_tp = args[0]
-        return tuple(_coerce(item_tp if len(args) == 2 and args[1] is Ellipsis else args[i], v, where)
-                     for i, v in enumerate(value))
+        return tuple(
+            _coerce(item_tp if len(args) == 2 and args[1] is Ellipsis else args[i], v, where)
+            for i, v in enumerate(value)
+        )
     if dataclasses.is_dataclass(tp):
         _check(isinstance(value, dict), f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where + ".")
-    if tp is float:
-        _check(isinstance(value, int | float) and not isinstance(value, bool), f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        _check(isinstance(value, bool), f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is str:
-        _check(isinstance(value, str), f"{where}: expected a string, got {value!r}")
-        return value
+    if tp in _SCALARS:
+        return _coerce_scalar(tp, value, where)
     raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+_SCALARS = {float: "a number", int: "an integer", bool: "true/false", str: "a string"}
+
+
+def _coerce_scalar(tp: type, value: Any, where: str) -> Any:
+    """Check a scalar: ints are accepted for floats; bools are never numbers."""
+    ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    _check(ok, f"{where}: expected {_SCALARS[tp]}, got {value!r}")
+    return value
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:

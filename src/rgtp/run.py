@@ -83,13 +83,15 @@ def run_video(
     if weights is not None:
         load_weights(model, weights)
     else:
-        logger.warning("no --weights given: running with RANDOM weights; outputs are not meaningful, "
-                       "token selection, compute and timing are")
+        logger.warning(
+            "no --weights given: running with RANDOM weights; outputs are not meaningful, "
+            "token selection, compute and timing are"
+        )
     summary = RunSummary(preset.name, str(video), "random" if weights is None else str(weights))
     accounting = count_preset(preset)
     total = info.num_frames if max_frames is None else min(max_frames, info.num_frames or max_frames)
     with ExitStack() as stack:
-        sink = stack.enter_context(open(jsonl, "w")) if jsonl else None  # noqa: SIM115 - closed by the stack
+        sink = stack.enter_context(open(jsonl, "w")) if jsonl else None
         writer = stack.enter_context(VideoWriter(out_video, fps=info.fps or 10.0)) if out_video else None
         frames = read_frames(video, max_frames)
         if isinstance(preset.model, ViTDetConfig):
@@ -266,13 +268,27 @@ def _run_vivit(
         kinds = [s.kind.value for s in steps] or ["full"] * cfg.num_steps
         kept = [s.num_kept for s in steps] or [cfg.num_tokens] * cfg.num_steps
         for t in range(cfg.num_steps):
-            yield {"clip": c, "step": t, "frame": c * len(raw) + t * cfg.tubelet[0] * preset.temporal_stride,
-                   "kind": kinds[t], "kept": kept[t], "tokens": cfg.num_tokens, "gmacs": round(step_gmacs, 4),
-                   "ms": round(per_step_ms, 2), "weights": summary.weights}
+            yield {
+                "clip": c,
+                "step": t,
+                "frame": c * len(raw) + t * cfg.tubelet[0] * preset.temporal_stride,
+                "kind": kinds[t],
+                "kept": kept[t],
+                "tokens": cfg.num_tokens,
+                "gmacs": round(step_gmacs, 4),
+                "ms": round(per_step_ms, 2),
+                "weights": summary.weights,
+            }
         probs = logits.softmax(-1)[0]
         top = probs.topk(min(5, probs.numel()))
-        yield {"clip_summary": {"clip": c, "top5": [[int(i), round(float(p), 4)] for p, i in zip(*top, strict=True)],
-                                "tmacs_per_clip_all_views": accounting.clip_tmacs, "ms_one_view": round(ms, 1)}}
+        yield {
+            "clip_summary": {
+                "clip": c,
+                "top5": [[int(i), round(float(p), 4)] for p, i in zip(*top, strict=True)],
+                "tmacs_per_clip_all_views": accounting.clip_tmacs,
+                "ms_one_view": round(ms, 1),
+            }
+        }
         if writer is not None:
             for frame in _annotate_vivit(clip, steps, cfg.tubelet, cfg.grid, summary.weights):
                 writer.write(frame)

@@ -21,9 +21,7 @@ __all__ = ["add_caption", "colormap", "draw_boxes", "label_color", "overlay_toke
 
 logger = logging.getLogger(__name__)
 
-_INSTALL_HINT = (
-    "Pillow is required for drawing text and boxes: install rgtp[video] (pip install 'rgtp[video]')"
-)
+_INSTALL_HINT = "Pillow is required for drawing text and boxes: install rgtp[video] (pip install 'rgtp[video]')"
 
 # Anchor colours of an "inferno"-like perceptual colormap (black -> purple -> red
 # -> orange -> pale yellow), sampled at 11 evenly spaced positions in [0, 1].
@@ -151,9 +149,7 @@ def overlay_tokens(
         raise ValueError(f"kept must have shape (Gh, Gw), got {kept_arr.shape}")
     kept_arr = kept_arr.astype(bool, copy=False)
     if importance is not None and np.shape(importance) != kept_arr.shape:
-        raise ValueError(
-            f"importance shape {np.shape(importance)} does not match kept shape {kept_arr.shape}"
-        )
+        raise ValueError(f"importance shape {np.shape(importance)} does not match kept shape {kept_arr.shape}")
     if int(patch_size) != patch_size or patch_size <= 0:
         raise ValueError(f"patch_size must be a positive integer, got {patch_size}")
     if not 0.0 <= alpha <= 1.0:

@@ -235,9 +235,7 @@ class VideoWriter:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in WRITABLE_SUFFIXES:
-            raise ValueError(
-                f"unsupported video container {suffix!r} for {self.path}; use one of {WRITABLE_SUFFIXES}"
-            )
+            raise ValueError(f"unsupported video container {suffix!r} for {self.path}; use one of {WRITABLE_SUFFIXES}")
         fps = float(fps)
         if not math.isfinite(fps) or fps <= 0:
             raise ValueError(f"fps must be a positive finite number, got {fps}")
@@ -321,8 +319,7 @@ class VideoWriter:
         elif (height, width) != self._size:
             h0, w0 = self._size
             raise ValueError(
-                f"frame size {width}x{height} (WxH) differs from the first frame size {w0}x{h0} "
-                f"in {self.path}"
+                f"frame size {width}x{height} (WxH) differs from the first frame size {w0}x{h0} in {self.path}"
             )
         pad_h, pad_w = height % 2, width % 2
         if pad_h or pad_w:

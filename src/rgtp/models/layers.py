@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "AttentionOutput",
     "Attention",
+    "AttentionOutput",
     "Block",
     "LayerNorm2d",
     "Mlp",

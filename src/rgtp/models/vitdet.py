@@ -108,7 +108,9 @@ class SimpleFeaturePyramid(nn.Module):
             ConvLN(quarter, out_dim, 1),
             ConvLN(out_dim, out_dim, 3),
         )
-        self.simfp_3 = nn.Sequential(nn.ConvTranspose2d(dim, half, 2, 2), ConvLN(half, out_dim, 1), ConvLN(out_dim, out_dim, 3))
+        self.simfp_3 = nn.Sequential(
+            nn.ConvTranspose2d(dim, half, 2, 2), ConvLN(half, out_dim, 1), ConvLN(out_dim, out_dim, 3)
+        )
         self.simfp_4 = nn.Sequential(ConvLN(dim, out_dim, 1), ConvLN(out_dim, out_dim, 3))
         self.simfp_5 = nn.Sequential(nn.MaxPool2d(2, 2), ConvLN(dim, out_dim, 1), ConvLN(out_dim, out_dim, 3))
 
@@ -130,7 +132,7 @@ class ViTDet(nn.Module):
 
     def features(self, tokens: Tensor) -> dict[str, Tensor]:
         """Pyramid of the backbone's output tokens: (B, N, C) -> {"p2".."p6"}."""
-        b, n, c = tokens.shape
+        b, _n, c = tokens.shape
         h, w = self.cfg.grid
         with scope("neck"):
             return self.pyramid(tokens.transpose(1, 2).reshape(b, c, h, w))  # (B, C, H, W)

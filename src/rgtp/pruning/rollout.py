@@ -165,7 +165,7 @@ def pool_query_rows(rows: Tensor, query_idx: Tensor | None, grid: tuple[int, int
         pooled: (B, H*W / pool², M) mean of the present queries of each cell (0 for cells without any).
         present: (B, H*W / pool²) bool, whether the cell had at least one query.
     """
-    b, q, m = rows.shape
+    b, _q, m = rows.shape
     h, w = grid
     cells = (h // pool) * (w // pool)
     if query_idx is None:

@@ -35,12 +35,12 @@ GRID_PATTERNS = ("1in2", "1in4", "1in9")
 
 def keep_count(num_tokens: int, keep_ratio: float) -> int:
     """K = round(keep_ratio * N) with Python's banker's rounding, as the reference does."""
-    return int(round(keep_ratio * num_tokens))
+    return round(keep_ratio * num_tokens)
 
 
 def stride_of(ratio: float) -> int:
     """Sampling stride round(1 / ratio) of a sampling ratio in (0, 1]."""
-    return int(round(1.0 / ratio))
+    return round(1.0 / ratio)
 
 
 def fg_bg_count(num_tokens: int, keep_ratio: float, fg_ratio: float = 1.0, bg_ratio: float = 0.0) -> int:

@@ -24,7 +24,9 @@ def _offset_sources_cpu(height: int, width: int, radius: int) -> tuple[Tensor, T
     return torch.stack(sources), torch.stack(valid)  # (O, N) long, (O, N) bool
 
 
-def offset_sources(height: int, width: int, radius: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+def offset_sources(
+    height: int, width: int, radius: int, device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor]:
     """Source cell of every (offset, cell) pair and whether it lies inside the grid.
 
     Returns:

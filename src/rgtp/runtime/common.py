@@ -7,7 +7,7 @@ from torch import Tensor
 
 from rgtp.config import RGTPConfig
 from rgtp.pruning.schedule import FrameKind
-from rgtp.pruning.selection import fg_bg_count, grid_pattern, gilbert_rank, keep_count, select_fg_bg, stride_of
+from rgtp.pruning.selection import fg_bg_count, gilbert_rank, grid_pattern, keep_count, select_fg_bg, stride_of
 from rgtp.pruning.state import StreamState
 from rgtp.pruning.tracking import warp_importance
 
@@ -70,9 +70,7 @@ def choose_tokens(
     return keep, scores
 
 
-def fill_pruned(
-    values: Tensor, prune_idx: Tensor, mode: str, previous: Tensor | None, match: Tensor | None
-) -> Tensor:
+def fill_pruned(values: Tensor, prune_idx: Tensor, mode: str, previous: Tensor | None, match: Tensor | None) -> Tensor:
     """Importance of the tokens pruned at this step (spec §5.3-5.4): (B, N) -> (B, N).
 
     ``previous``: the stream's previous heatmap (the reference at 1024). ``match``: the value of the kept token whose
