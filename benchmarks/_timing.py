@@ -132,6 +132,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_num_threads": torch.get_num_threads(),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,  # other load on the machine
     }
     if cuda:
         env["cuda"] = torch.version.cuda

@@ -134,10 +134,10 @@ def test_cli_run_tiny_preset_writes_results_and_video(family: str, tmp_path: Pat
     if family == "vitdet":
         preset = Preset("tiny_vitdet", TINY_VITDET, vitdet_rgtp(reset_every=4))
     else:
-        preset = Preset("tiny_vivit", TINY_VIVIT, vivit_rgtp(), views=(1, 1))
+        preset = Preset("tiny_vivit", TINY_VIVIT, vivit_rgtp(), views=(1, 2))
     save_config(preset, tmp_path / "tiny.yaml")
     args = ["run", str(tmp_path / "in.mp4"), "--config", str(tmp_path / "tiny.yaml"),
-            "--jsonl", str(tmp_path / "out.jsonl"), "--out", str(tmp_path / "out.mp4")]
+            "--jsonl", str(tmp_path / "out.jsonl"), "--out", str(tmp_path / "out.mp4"), "--segment-frames", "6"]
     assert main(args) == 0
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     steps = [r for r in records if "kind" in r]
@@ -146,7 +146,7 @@ def test_cli_run_tiny_preset_writes_results_and_video(family: str, tmp_path: Pat
         assert [r["kind"] for r in steps[:5]] == ["full", "rollout", "rollout", "rollout", "full"]
         assert steps[1]["kept"] == 30 and steps[0]["kept"] == 100 and steps[1]["gmacs"] < steps[0]["gmacs"]
         assert len(list(read_frames(tmp_path / "out.mp4"))) == 10
-    else:  # 10 frames -> 2 clips of 8 (the second padded), 4 steps each
+    else:  # 10 frames -> segments of 6 and 4 frames (padded to the 8-frame view), 4 steps each
         assert len(steps) == 8 and [r["kept"] for r in steps[:4]] == [16, 10, 8, 10]
         assert len([r for r in records if "clip_summary" in r]) == 2
         assert len(list(read_frames(tmp_path / "out.mp4"))) == 16

@@ -125,9 +125,7 @@ def naive_bilinear_up2(small: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(2 * h, 2 * w, dtype=small.dtype)
     for oy in range(2 * h):
         for ox in range(2 * w):
-            out[oy, ox] = sum(
-                wy * wx * float(small[iy, ix]) for iy, wy in taps(oy, h) for ix, wx in taps(ox, w)
-            )
+            out[oy, ox] = sum(wy * wx * float(small[iy, ix]) for iy, wy in taps(oy, h) for ix, wx in taps(ox, w))
     return out
 
 

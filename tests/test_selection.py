@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -28,7 +30,7 @@ def _tied_scores(b: int, n: int, seed: int, levels: int = 4) -> torch.Tensor:
 
 
 def _stride(ratio: float) -> int:
-    return int(round(1.0 / ratio))
+    return round(1.0 / ratio)
 
 
 # ----------------------------------------------------------------------------------------------------------- naive
@@ -270,7 +272,7 @@ def test_gilbert_curve_visits_every_cell_once(width: int, height: int) -> None:
 )
 def test_gilbert_curve_steps_are_unit_with_at_most_one_diagonal(width: int, height: int) -> None:
     cells = list(gilbert_curve(width, height))
-    steps = [(abs(a[0] - b[0]), abs(a[1] - b[1])) for a, b in zip(cells, cells[1:])]
+    steps = [(abs(a[0] - b[0]), abs(a[1] - b[1])) for a, b in pairwise(cells)]
     assert all(max(s) == 1 for s in steps)  # always a (king-move) neighbour
     assert sum(1 for s in steps if s == (1, 1)) <= 1  # the generalised curve needs at most one diagonal step
 
@@ -278,7 +280,7 @@ def test_gilbert_curve_steps_are_unit_with_at_most_one_diagonal(width: int, heig
 @pytest.mark.parametrize(("width", "height"), [(2, 2), (4, 4), (14, 14), (8, 6), (6, 8), (4, 10), (10, 4)])
 def test_gilbert_curve_even_rectangles_are_4_connected(width: int, height: int) -> None:
     cells = list(gilbert_curve(width, height))
-    assert all(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 for a, b in zip(cells, cells[1:]))
+    assert all(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 for a, b in pairwise(cells))
 
 
 @pytest.mark.parametrize(("height", "width"), [(14, 14), (3, 5), (5, 3), (10, 7), (7, 10)])

@@ -90,7 +90,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     preset = _resolve(args)
     jsonl = args.jsonl or str(Path(args.video).with_suffix("").name + f".{preset.name}.jsonl")
-    summary = run_video(args.video, preset, args.weights, jsonl, args.out, args.max_frames, args.device)
+    summary = run_video(
+        args.video, preset, args.weights, jsonl, args.out, args.max_frames, args.device, args.segment_frames
+    )
     _report(summary)
     return 0
 
@@ -159,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--jsonl", help="per-frame results (default: <video>.<preset>.jsonl)")
             p.add_argument("--out", help="annotated video to write (.mp4)")
             p.add_argument("--max-frames", type=int, help="stop after this many frames")
+            p.add_argument(
+                "--segment-frames",
+                type=int,
+                default=250,
+                help="ViViT: frames per classified segment (each gets the preset's 3x4 views)",
+            )
         else:
             p.add_argument("--out-dir", default="rgtp_demo", help="where input.mp4, frames.jsonl, annotated.mp4 go")
             p.add_argument("--frames", type=int, default=24)

@@ -22,17 +22,18 @@ from torch import Tensor
 from rgtp.accounting import Accounting, count_preset
 from rgtp.build import build_model, build_runtime, load_weights
 from rgtp.config import Preset, ViTDetConfig
+from rgtp.data.views import MEAN as VIVIT_MEAN
+from rgtp.data.views import STD as VIVIT_STD
+from rgtp.data.views import make_views
 from rgtp.io.video import VideoWriter, read_frames, video_info
 from rgtp.models.vitdet import PIXEL_MEAN, PIXEL_STD, preprocess_frame
-from rgtp.models.vivit import ViViT
+from rgtp.models.vivit import ViViT, predict_views
 from rgtp.pruning.schedule import FrameKind
 from rgtp.runtime import RGTPViViT
 
 __all__ = ["RunSummary", "run_video"]
 
 logger = logging.getLogger(__name__)
-
-VIVIT_MEAN, VIVIT_STD = 0.45, 0.225
 
 
 @dataclass
@@ -75,8 +76,13 @@ def run_video(
     out_video: str | Path | None = None,
     max_frames: int | None = None,
     device: str = "cpu",
+    segment_frames: int = 250,
 ) -> RunSummary:
-    """Run ``preset`` over ``video``; write JSON lines to ``jsonl`` and an annotated video to ``out_video``."""
+    """Run ``preset`` over ``video``; write JSON lines to ``jsonl`` and an annotated video to ``out_video``.
+
+    ViTDet presets process every frame. ViViT presets classify consecutive segments of ``segment_frames`` frames
+    (250: a 10 s Kinetics clip at 25 fps), each with the preset's spatial x temporal views (spec §12.2).
+    """
     video = Path(video)
     info = video_info(video)  # fails early, naming the file, if it is missing or not a video
     model = build_model(preset, device)
@@ -97,7 +103,7 @@ def run_video(
         if isinstance(preset.model, ViTDetConfig):
             records = _run_vitdet(preset, model, frames, accounting, writer, summary.weights)
         else:
-            records = _run_vivit(preset, model, frames, accounting, writer, summary)
+            records = _run_vivit(preset, model, frames, accounting, writer, summary, segment_frames)
         for record in _progress(records, total, preset.name):
             _add(summary, record)
             if sink is not None:
@@ -214,30 +220,16 @@ def _kept_grid(keep_idx: Tensor | None, gh: int, gw: int) -> np.ndarray:
 # ViViT
 
 
-def _clips(frames: Iterable[np.ndarray], length: int) -> Iterator[list[np.ndarray]]:
-    clip: list[np.ndarray] = []
+def _segments(frames: Iterable[np.ndarray], length: int) -> Iterator[list[np.ndarray]]:
+    """Consecutive segments of ``length`` frames (the last one may be shorter)."""
+    segment: list[np.ndarray] = []
     for frame in frames:
-        clip.append(frame)
-        if len(clip) == length:
-            yield clip
-            clip = []
-    if clip:
-        yield clip + [clip[-1]] * (length - len(clip))  # pad a short tail by repeating its last frame
-
-
-def center_view(frames: list[np.ndarray], size: int, stride: int, device: torch.device) -> Tensor:
-    """One centre view: every ``stride``-th frame, normalised, short side resized to ``size``, centre crop.
-
-    Returns (1, 3, T, size, size).
-    """
-    x = torch.from_numpy(np.stack(frames[::stride])).to(device).permute(3, 0, 1, 2).float() / 255.0  # (3, T, H, W)
-    x = (x - VIVIT_MEAN) / VIVIT_STD
-    h, w = x.shape[-2:]
-    scale = max(size / h, size / w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)  # (3, T, nh, nw)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return x[None, :, :, top : top + size, left : left + size]
+        segment.append(frame)
+        if len(segment) == length:
+            yield segment
+            segment = []
+    if segment:
+        yield segment
 
 
 def _run_vivit(
@@ -247,6 +239,7 @@ def _run_vivit(
     accounting: Accounting,
     writer: VideoWriter | None,
     summary: RunSummary,
+    segment_frames: int,
 ) -> Iterator[dict[str, Any]]:
     assert isinstance(model, ViViT)
     cfg = model.cfg
@@ -254,8 +247,8 @@ def _run_vivit(
     device = next(model.parameters()).device
     views = preset.views[0] * preset.views[1]
     step_gmacs = (accounting.clip_tmacs or 0.0) * 1e3 / (views * cfg.num_steps)  # mean per step and view
-    for c, raw in enumerate(_clips(frames, cfg.num_frames * preset.temporal_stride)):
-        clip = center_view(raw, cfg.img_size, preset.temporal_stride, device)
+    for c, raw in enumerate(_segments(frames, segment_frames)):
+        clip = make_views(np.stack(raw), cfg.num_frames, preset.temporal_stride, cfg.img_size, preset.views).to(device)
         start = time.perf_counter()
         if isinstance(runtime, RGTPViViT):
             result = runtime.run_clip(clip)
@@ -264,7 +257,7 @@ def _run_vivit(
             with torch.no_grad():
                 logits, steps = runtime(clip), []
         ms = (time.perf_counter() - start) * 1e3
-        per_step_ms = ms / cfg.num_steps
+        per_step_ms = ms / (cfg.num_steps * views)
         kinds = [s.kind.value for s in steps] or ["full"] * cfg.num_steps
         kept = [s.num_kept for s in steps] or [cfg.num_tokens] * cfg.num_steps
         for t in range(cfg.num_steps):
@@ -279,7 +272,7 @@ def _run_vivit(
                 "ms": round(per_step_ms, 2),
                 "weights": summary.weights,
             }
-        probs = logits.softmax(-1)[0]
+        probs = predict_views(logits, views)[0]
         top = probs.topk(min(5, probs.numel()))
         yield {
             "clip_summary": {
