@@ -24,6 +24,7 @@ import copy
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -310,17 +311,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cases.append(Case("pyramid", lambda _: model.features(tokens)))
         cases += ov_cases
         print(f"timing {len(cases)} cases x ({args.warmup} warm-up + {args.iters}) rounds ...", file=sys.stderr)
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         samples = measure_interleaved(cases, args.warmup, args.iters, sync)
+        busy = (time.process_time() - cpu0) / (time.perf_counter() - wall0)  # cores this process kept busy
     rows, overhead = derive(samples, gmacs, kept, args.presets)
     tgts = targets(rows, overhead, args.presets)
     pyramid_ms = summarize(samples["pyramid"]).median_ms
     print_report(rows, overhead, pyramid_ms, tgts, gmacs, args.presets)
+    print(f"\nProcess CPU time / wall time while timing: {busy:.2f} (threads: {torch.get_num_threads()}); "
+          "well below the thread count on CPU means other load competed for the cores.")
     return {
         "benchmark": "latency_vitdet",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"size": args.size, "batch": 1, "presets": args.presets, "device": args.device,
                      "dtype": args.dtype, "warmup": args.warmup, "iters": args.iters,
-                     "threads": torch.get_num_threads(), "seed": args.seed, "interleaved": True},
+                     "threads": torch.get_num_threads(), "seed": args.seed, "interleaved": True,
+                     "cpu_time_over_wall": busy},
         "environment": environment(device),
         "method": METHOD,
         "gmacs": gmacs,

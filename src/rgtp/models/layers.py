@@ -65,6 +65,8 @@ def rel_pos_table(table: Tensor, size: int, resize: str = "table2d") -> Tensor:
     and resizes it bicubically as an image (the reference implementation; spec §2.5), ``linear1d`` resizes the 1-D
     table linearly to 2 * size - 1 first (detectron2).
     """
+    if resize not in ("table2d", "linear1d"):
+        raise ValueError(f"unknown relative-position resize {resize!r}; expected 'table2d' or 'linear1d'")
     stored = (table.shape[0] + 1) // 2
     if resize == "linear1d" and stored != size:
         table = F.interpolate(table.T[None], size=2 * size - 1, mode="linear")[0].T  # (2*size - 1, d)
@@ -73,8 +75,6 @@ def rel_pos_table(table: Tensor, size: int, resize: str = "table2d") -> Tensor:
     rel = table[idx[:, None] - idx[None, :] + stored - 1]  # (S, S, d)
     if stored == size:
         return rel
-    if resize != "table2d":
-        raise ValueError(f"unknown relative-position resize {resize!r}")
     rel = F.interpolate(rel.permute(2, 0, 1)[None], size=(size, size), mode="bicubic", align_corners=False)
     return rel[0].permute(1, 2, 0)  # (size, size, d)
 

@@ -151,7 +151,7 @@ def gilbert_curve(width: int, height: int) -> Iterator[tuple[int, int]]:
     if width >= height:
         yield from _gilbert(0, 0, width, 0, 0, height)
     else:
-        yield from _gilbert(0, 0, 0, width, height, 0)
+        yield from _gilbert(0, 0, 0, height, width, 0)  # major axis along y
 
 
 def _sign(v: int) -> int:
