@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_VITDET, TINY_VIVIT, vitdet_rgtp, vivit_rgtp
 
+from conftest import TINY_VITDET, TINY_VIVIT, vitdet_rgtp, vivit_rgtp
 from rgtp.build import WeightsError, build_model, load_weights
 from rgtp.cli import main
 from rgtp.config import (
@@ -61,7 +61,7 @@ def test_invalid_values_and_keys() -> None:
     preset = get_preset("vitdet_vid_672_keep512")
     with pytest.raises(ConfigError, match="unknown key 'keep'"):
         override(preset, "rgtp.selection.keep=0.2")
-    with pytest.raises(ConfigError, match="rgtp.rollout"):
+    with pytest.raises(ConfigError, match=r"rgtp\.rollout"):
         override(preset, "rgtp.rollout.form=sideways")
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict(Preset, {**to_dict(preset), "extra": 1})
@@ -99,7 +99,7 @@ def test_load_weights_strict(tmp_path: Path) -> None:
         load_weights(model, tmp_path / "bad.pt")
     assert "net.pos_embed" in str(err.value) and "net.extra" in str(err.value) and "(3, 3)" in str(err.value)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="junk.pt"):
+    with pytest.raises(WeightsError, match=r"junk\.pt"):
         load_weights(model, tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError):
         load_weights(model, tmp_path / "missing.pt")

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import TINY_VITDET, vitdet_rgtp, vivit_rgtp
 
+from conftest import TINY_VITDET, vitdet_rgtp, vivit_rgtp
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.pruning.schedule import FrameKind
@@ -107,7 +107,7 @@ def test_vitdet_detections_define_the_anchors(tiny_vitdet: ViTDet) -> None:
     """Boxes steer the heatmap towards their region; an empty or sub-threshold set falls back to all tokens."""
     box = torch.tensor([[0.0, 0.0, 24.0, 24.0]])  # tokens 0..2 x 0..2 of the 10x10 grid
 
-    def head_with(score: float):  # noqa: ANN202
+    def head_with(score: float):
         return lambda feats: [Detections(box, torch.tensor([score]), torch.tensor([0]))]
 
     results = {}
@@ -199,3 +199,18 @@ def test_vivit_pruned_tokens_copy_their_match(tiny_vivit: ViViT) -> None:
 def test_vivit_rejects_bad_clip(tiny_vivit: ViViT) -> None:
     with pytest.raises(ValueError, match="expected a clip"):
         RGTPViViT(tiny_vivit, vivit_rgtp())(torch.randn(1, 3, 6, 32, 32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_vitdet_runs_in_other_dtypes_with_detections(tiny_vitdet: ViTDet, dtype: torch.dtype) -> None:
+    model = tiny_vitdet.to(dtype)
+
+    def head(feats: dict[str, torch.Tensor]) -> list[Detections]:  # boxes on the CPU in float32, whatever the model
+        return [Detections(torch.tensor([[8.0, 8.0, 40.0, 40.0]]), torch.tensor([0.9]), torch.tensor([1]))]
+
+    for pool, form in ((2, "forward"), (1, "backward")):
+        runtime = RGTPViTDet(model, vitdet_rgtp(pool=pool, form=form, fill="previous"), head=head)
+        state = runtime.new_state()
+        for x in _frames(2):
+            result = runtime.step(x.to(dtype), state)
+        assert result.importance.dtype == dtype and torch.isfinite(result.importance.float()).all()

@@ -171,17 +171,12 @@ def pool_query_rows(rows: Tensor, query_idx: Tensor | None, grid: tuple[int, int
     if query_idx is None:
         pooled = rows.view(b, h // pool, pool, w // pool, pool, m).mean(dim=(2, 4)).view(b, cells, m)
         return pooled, torch.ones(b, cells, dtype=torch.bool, device=rows.device)
-    cell_of = _cell_index(h, w, pool, rows.device)[query_idx]  # (B, Q)
-    sums = rows.new_zeros(b, cells, m).scatter_add_(1, cell_of[..., None].expand(-1, -1, m), rows)  # (B, cells, M)
-    counts = rows.new_zeros(b, cells).scatter_add_(1, cell_of, torch.ones_like(cell_of, dtype=rows.dtype))
+    # Scatter (not scatter_add, which is nondeterministic on CUDA) into the full grid, then sum each cell.
+    canvas = rows.new_zeros(b, h * w, m).scatter_(1, query_idx[..., None].expand(-1, -1, m), rows)  # (B, N, M)
+    mask = rows.new_zeros(b, h * w).scatter_(1, query_idx, 1.0)  # (B, N)
+    sums = canvas.view(b, h // pool, pool, w // pool, pool, m).sum(dim=(2, 4)).view(b, cells, m)  # (B, cells, M)
+    counts = mask.view(b, h // pool, pool, w // pool, pool).sum(dim=(2, 4)).view(b, cells)  # (B, cells)
     return sums / counts.clamp_min(1.0)[..., None], counts > 0
-
-
-def _cell_index(h: int, w: int, pool: int, device: torch.device) -> Tensor:
-    """(H*W,) pooled cell of each raster token."""
-    ys = torch.arange(h, device=device)[:, None] // pool
-    xs = torch.arange(w, device=device)[None, :] // pool
-    return (ys * (w // pool) + xs).flatten()
 
 
 def pool_anchors(mask: Tensor, pool: int) -> Tensor:

@@ -158,11 +158,11 @@ class RGTPViTDet:
         anchors = self._anchors(detections, b, state.output.device)  # (B, H, W) bool
         fused = [state.attn_rows[i] for i in sorted(state.attn_rows)]
         if cfg.pool > 1:
-            cells = pool_anchors(anchors, cfg.pool).float()  # (B, N / p²)
+            cells = pool_anchors(anchors, cfg.pool).to(fused[0].dtype)  # (B, N / p²)
             relevance = rollout_relevance(fused, cells / cells.sum(-1, keepdim=True), cfg.form)
             relevance = upsample_grid(relevance, grid, cfg.pool)  # (B, N)
         else:
-            tokens = anchors.flatten(1).float()  # (B, N)
+            tokens = anchors.flatten(1).to(fused[0].dtype)  # (B, N)
             relevance = rollout_relevance(fused, tokens / tokens.sum(-1, keepdim=True), cfg.form)
         if keep is not None:
             prune = complement(keep, relevance.shape[-1])
@@ -175,9 +175,8 @@ class RGTPViTDet:
         if detections is None:
             return torch.ones(batch, h, w, dtype=torch.bool, device=device)
         stride = float(self.model.cfg.patch_size)
-        return torch.stack(
-            [anchor_mask(d.boxes, d.scores, self.cfg.rollout.score_thr, (h, w), stride) for d in detections]
-        )
+        masks = [anchor_mask(d.boxes, d.scores, self.cfg.rollout.score_thr, (h, w), stride) for d in detections]
+        return torch.stack(masks).to(device)
 
 
 def _buffered(buffers: dict[int, Tensor], block: int, rows: Tensor, keep: Tensor | None) -> Tensor:
