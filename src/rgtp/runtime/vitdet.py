@@ -63,7 +63,33 @@ class FrameResult:
     detections: list[Detections] | None  # per image, when a detection head is attached
 
 
-class RGTPViTDet:
+class DenseViTDet:
+    """The unpruned model behind the ``step`` interface of :class:`RGTPViTDet` (the baseline presets)."""
+
+    def __init__(self, model: ViTDet, head: DetectionHead | None = None) -> None:
+        self.model = model
+        self.head = head
+
+    def new_state(self) -> StreamState:
+        return StreamState()
+
+    def detect(self, features: dict[str, Tensor]) -> list[Detections] | None:
+        """The attached head's detections (None without a head)."""
+        if self.head is None:
+            return None
+        with scope("head"):
+            return self.head(features)
+
+    @torch.no_grad()
+    def step(self, images: Tensor, state: StreamState) -> FrameResult:
+        features = self.model(images)
+        n = self.model.cfg.num_tokens
+        result = FrameResult(state.t, FrameKind.FULL, n, None, None, None, features, self.detect(features))
+        state.t += 1
+        return result
+
+
+class RGTPViTDet(DenseViTDet):
     """Rollout-guided token pruning for a :class:`~rgtp.models.vitdet.ViTDet`.
 
     The object holds the model, the method's settings and an optional detection head; all per-video state lives in
@@ -80,12 +106,8 @@ class RGTPViTDet:
 
     def __init__(self, model: ViTDet, cfg: RGTPConfig, head: DetectionHead | None = None) -> None:
         check_pool(model.cfg.grid, cfg.rollout.pool)
-        self.model = model
+        super().__init__(model, head)
         self.cfg = cfg
-        self.head = head
-
-    def new_state(self) -> StreamState:
-        return StreamState()
 
     @torch.no_grad()
     def step(self, images: Tensor, state: StreamState) -> FrameResult:
@@ -121,10 +143,7 @@ class RGTPViTDet:
 
         state.output = x if keep is None else scatter_rows_(state.output, keep, x)
         features = self.model.features(state.output)
-        detections = None
-        if self.head is not None:
-            with scope("head"):
-                detections = self.head(features)
+        detections = self.detect(features)
         with scope("rgtp"):
             importance = self._importance(state, detections, keep, keys0)
         num_kept = embeds.shape[1] if keep is None else keep.shape[1]
@@ -188,26 +207,3 @@ def _buffered(buffers: dict[int, Tensor], block: int, rows: Tensor, keep: Tensor
             raise RuntimeError(f"block {block} has no buffer: the stream must start with a full step (reset())")
         scatter_rows_(buffers[block], keep, rows)
     return buffers[block]
-
-
-class DenseViTDet:
-    """The unpruned model behind the same ``step`` interface (the baseline presets)."""
-
-    def __init__(self, model: ViTDet, head: DetectionHead | None = None) -> None:
-        self.model = model
-        self.head = head
-
-    def new_state(self) -> StreamState:
-        return StreamState()
-
-    @torch.no_grad()
-    def step(self, images: Tensor, state: StreamState) -> FrameResult:
-        features = self.model(images)
-        detections = None
-        if self.head is not None:
-            with scope("head"):
-                detections = self.head(features)
-        n = self.model.cfg.num_tokens
-        result = FrameResult(state.t, FrameKind.FULL, n, None, None, None, features, detections)
-        state.t += 1
-        return result
