@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -118,6 +119,18 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _revision() -> str | None:
+    """Commit of the checkout holding these scripts, with ``+dirty`` when src/ has uncommitted changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True,
+                               text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     """Software and hardware the numbers were taken on."""
     dev = torch.device(device)
@@ -132,6 +145,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_num_threads": torch.get_num_threads(),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "rgtp_revision": _revision(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,  # other load on the machine
     }
     if cuda:

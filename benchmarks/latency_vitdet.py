@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu" and args.dtype == "bf16":
-        print("warning: bf16 on CPU runs under autocast and is often slower than fp32", file=sys.stderr)
+        print("note: bf16 on CPU runs under autocast; its speed depends on the CPU's bf16 support", file=sys.stderr)
     sync: Callable[[], None] | None = torch.cuda.synchronize if device.type == "cuda" else None
     print(f"counting GMACs on meta tensors for {args.presets} ...", file=sys.stderr)
     gmacs = count_gmacs(args.size, args.presets)

@@ -423,3 +423,15 @@ def test_normalize_sum_sums_to_one_and_zero_row_is_uniform() -> None:
     assert_close(got, torch.tensor([[0.125, 0.375, 0.0, 0.5], [0.25, 0.25, 0.25, 0.25]], dtype=DT))
     got32 = normalize_sum(torch.rand(3, 10, generator=_gen(75)))
     assert_close(got32.sum(-1), torch.ones(3))
+
+
+def test_pooled_cell_sums_agree_between_cpu_and_deterministic_forms() -> None:
+    from rgtp.pruning.rollout import _cell_sums_canvas, _cell_sums_scatter_add
+
+    gen = torch.Generator().manual_seed(5)
+    rows = torch.rand(2, 7, 9, generator=gen)
+    idx = torch.stack([torch.randperm(36, generator=gen)[:7].sort().values for _ in range(2)])
+    a, b = _cell_sums_scatter_add(rows, idx, (6, 6), 2), _cell_sums_canvas(rows, idx, (6, 6), 2)
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+    assert a[1].sum() == 14

@@ -27,7 +27,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, N, C) tokens in raster order."""
-        return self.proj(x).flatten(2).transpose(1, 2)
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, C); contiguous rows for gathers
 
 
 class ViT(nn.Module):

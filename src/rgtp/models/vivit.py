@@ -68,7 +68,7 @@ class ViViT(nn.Module):
             raise ValueError(f"expected a clip of shape (B, {', '.join(map(str, expected))}), got {tuple(clip.shape)}")
         with scope("embed"):
             x = self.patch_embed(clip)  # (B, C, steps, h, w)
-        return x.flatten(3).permute(0, 2, 3, 1)  # (B, steps, N, C)
+        return x.flatten(3).permute(0, 2, 3, 1).contiguous()  # (B, steps, N, C)
 
     def classify(self, step_features: Tensor) -> Tensor:
         """Temporal encoder and classifier: (B, steps, C) spatial class tokens -> (B, classes) logits."""

@@ -183,7 +183,7 @@ class RGTPViTDet(DenseViTDet):
         else:
             tokens = anchors.flatten(1).to(fused[0].dtype)  # (B, N)
             relevance = rollout_relevance(fused, tokens / tokens.sum(-1, keepdim=True), cfg.form)
-        if keep is not None:
+        if keep is not None and cfg.pruned_fill != "none":
             prune = complement(keep, relevance.shape[-1])
             match = match_pruned(keys0, keep, prune) if keys0 is not None else None
             relevance = fill_pruned(relevance, prune, cfg.pruned_fill, state.importance, match)
