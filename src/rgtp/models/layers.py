@@ -210,9 +210,9 @@ class Attention(nn.Module):
             qy, qx = query_idx // gw, query_idx % gw  # (B, Q)
             rel_h = torch.einsum("bhqd,bqkd->bhqk", q, rh[qy])  # (B, h, Q, H)
             rel_w = torch.einsum("bhqd,bqkd->bhqk", q, rw[qx])  # (B, h, Q, W)
-        logits = logits.view(b, h, nq, gh, gw) + rel_h[..., :, None]  # (B, h, Q, H, W)
-        logits = logits + rel_w[..., None, :]
-        return logits.view(b, h, nq, gh * gw)
+        grid_logits = logits.view(b, h, nq, gh, gw)  # (B, h, Q, H, W); in place: no new (B, h, Q, N) tensors
+        grid_logits.add_(rel_h[..., :, None]).add_(rel_w[..., None, :])
+        return logits
 
 
 class Block(nn.Module):
