@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rgtp.config import (
+    DetectorConfig,
     RGTPConfig,
     RolloutConfig,
     ScheduleConfig,
@@ -17,10 +18,15 @@ from rgtp.config import (
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 
+# A small detection head for 80x80 inputs (strides 2..32).
+TINY_HEAD = DetectorConfig(
+    num_classes=3, anchor_sizes=(8, 16, 24, 40, 64), pre_nms_topk=60, post_nms_topk=20, box_convs=2,
+    box_conv_dim=8, box_fc_dim=16,
+)
 # 10x10 tokens, windows of 4 (padded to 12x12), global blocks 1 and 3, relative tables stored for 8x8 (resized).
 TINY_VITDET = ViTDetConfig(
     img_size=80, patch_size=8, embed_dim=32, depth=4, num_heads=2, window_size=4, global_blocks=(1, 3),
-    pos_embed_grid=6, rel_pos_grid=8, pyramid_dim=16, num_classes=3,
+    pos_embed_grid=6, rel_pos_grid=8, pyramid_dim=16, head=TINY_HEAD,
 )
 # 4x4 tokens per step, 4 steps.
 TINY_VIVIT = ViViTConfig(

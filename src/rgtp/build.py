@@ -33,13 +33,18 @@ def build_model(preset: Preset, device: torch.device | str = "cpu", seed: int = 
 def build_runtime(preset: Preset, model: nn.Module) -> DenseViTDet | RGTPViTDet | RGTPViViT | ViViT:
     """What runs the preset on a stream: the RGTP runtime, or the dense model for a baseline preset."""
     if isinstance(model, ViTDet):
-        return DenseViTDet(model) if preset.rgtp is None else RGTPViTDet(model, preset.rgtp)
+        head = None if model.head is None else model.detect
+        return DenseViTDet(model, head) if preset.rgtp is None else RGTPViTDet(model, preset.rgtp, head)
     assert isinstance(model, ViViT)
     return model if preset.rgtp is None else RGTPViViT(model, preset.rgtp)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load an rgtp checkpoint (a state dict, or {"model": state dict}) strictly; errors name every mismatch."""
+    """Load an rgtp checkpoint (a state dict, or {"model": state dict}) strictly; errors name every mismatch.
+
+    A checkpoint written by ``rgtp convert`` may provide only some parts of the model (``rgtp_meta["parts"]``, e.g.
+    the COCO backbone without a detection head): those parts load strictly and the rest keeps its initial weights.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -50,7 +55,15 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a state dict (or a dict with a 'model' state dict)")
+    parts = obj.get("rgtp_meta", {}).get("parts") if isinstance(obj, dict) else None
     expected = model.state_dict()
+    if parts:
+        expected = {k: v for k, v in expected.items() if k.split(".")[0] in parts}
+        left = sorted({k.split(".")[0] for k in model.state_dict()} - set(parts))
+        if left:
+            logger.warning(
+                "%s provides %s only: %s keep their initial weights", path, ", ".join(parts), ", ".join(left)
+            )
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [
@@ -60,14 +73,16 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     ]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        problems.append(f"{len(missing)} missing key(s): {_some(missing)}")
     if unexpected:
-        problems.append(
-            f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
-        )
+        problems.append(f"{len(unexpected)} unexpected key(s): {_some(unexpected)}")
     if wrong:
         problems.append(f"{len(wrong)} shape mismatch(es): {'; '.join(wrong[:8])}")
     if problems:
         raise WeightsError(f"weights {path} do not fit the model: " + " | ".join(problems))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=not parts)
     logger.info("loaded %d tensors from %s", len(state), path)
+
+
+def _some(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (" ..." if len(keys) > n else "")

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rgtp.config import ConfigError, Preset, load_config, override, save_config, to_dict
+from rgtp.config import ConfigError, Preset, ViTDetConfig, load_config, override, save_config, to_dict
 
 __all__ = ["main"]
 
@@ -115,6 +115,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rgtp.data.vid import VIDDataset
+    from rgtp.evaluation.dist import cleanup
+    from rgtp.evaluation.vid import evaluate_vid, results_table
+    from rgtp.presets import get_preset
+
+    if args.presets:
+        if args.config:
+            raise ConfigError("give either --presets or --config, not both")
+        presets = [get_preset(name.strip()) for name in args.presets.split(",") if name.strip()]
+        for assignment in args.set or []:
+            presets = [override(p, assignment) for p in presets]
+    else:
+        presets = [_resolve(args)]
+    dataset = VIDDataset(args.data, split=args.split, layout=args.layout, max_sequences=args.max_sequences)
+    logger.info("%s: %d sequences, %d frames", args.data, len(dataset), dataset.num_frames)
+    try:
+        results = evaluate_vid(
+            dataset, presets, args.weights, args.out_dir, split=args.split, device=args.device, progress=not args.quiet
+        )
+    finally:
+        cleanup()
+    if results:
+        print(results_table(results))
+        print(f"\nresults: {Path(args.out_dir) / 'results.json'}")
+        if args.weights is None:
+            print("NOTE: random weights (no --weights): mAP is meaningless; compute and speed are real.")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from rgtp.convert import convert_checkpoint
+
+    preset = _resolve(args)
+    if not isinstance(preset.model, ViTDetConfig):
+        raise ConfigError(f"preset {preset.name} is not a ViTDet model")
+    report = convert_checkpoint(
+        args.src, args.dst, source=f"vitdet-{args.source}", cfg=preset.model, trust=args.trust_pickle
+    )
+    print(report.summary())
+    print(f"wrote {args.dst}")
+    return 0
+
+
 def _report(summary: object) -> None:
     from rgtp.run import RunSummary
 
@@ -177,6 +221,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weights", help="model weights (rgtp state dict); random weights if omitted")
         p.add_argument("--device", default="cpu", help="cpu or cuda")
         p.set_defaults(fn=fn)
+
+    p = sub.add_parser("evaluate", help="evaluate presets on a dataset (resumable; runs under torchrun)")
+    p.add_argument("task", choices=["vitdet-vid"], help="what to evaluate")
+    _add_preset_args(p, positional=False)
+    p.add_argument("--presets", help="comma-separated presets to sweep in one run (weights are read once)")
+    p.add_argument("--weights", help="model weights (rgtp state dict, see `rgtp convert`); random if omitted")
+    p.add_argument("--data", required=True, help="ImageNet VID root (ILSVRC2015 layout or COCO-style JSON layout)")
+    p.add_argument("--split", default="vid_val", help="split: val / vid_val / vid_minival / ... (default vid_val)")
+    p.add_argument("--layout", default="auto", choices=["auto", "ilsvrc", "coco"])
+    p.add_argument("--out-dir", default="eval_vid", help="predictions (per preset) and results.json")
+    p.add_argument("--max-sequences", type=int, help="evaluate only the first N sequences")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("convert", help="convert an official checkpoint into rgtp weights (strict)")
+    p.add_argument("model", choices=["vitdet"], help="model family")
+    p.add_argument("src", help="official checkpoint (.pth / .pkl)")
+    p.add_argument("dst", help="rgtp checkpoint to write (.pth)")
+    p.add_argument(
+        "--source",
+        default="vid",
+        choices=["vid", "coco"],
+        help="vid: detectron2 ViTDet-VID Faster R-CNN (frcnn_vitdet_final.pth); coco: detectron2 COCO ViTDet-B "
+        "(backbone and pyramid only)",
+    )
+    p.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)")
+    _add_preset_args(p, positional=False)  # the target architecture (input size does not matter)
+    p.set_defaults(fn=cmd_convert)
     return parser
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar, Union
 
 __all__ = [
     "ConfigError",
+    "DetectorConfig",
     "Preset",
     "RGTPConfig",
     "RolloutConfig",
@@ -52,6 +53,44 @@ def _one_of(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
 
 
 @dataclass(frozen=True)
+class DetectorConfig:
+    """The Faster R-CNN head of ViTDet-VID on the simple feature pyramid (spec §1.1; detectron2 conventions).
+
+    Defaults are the paper's model: RPN over p2..p6 and a 4-conv + 1-fc box head on p2..p5, 30 ImageNet VID classes.
+    """
+
+    num_classes: int = 30
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one per level p2..p6
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
+    rpn_convs: int = 2  # 3x3 convs in the RPN head (ViTDet: 2)
+    pre_nms_topk: int = 1000  # RPN proposals per level before NMS (test)
+    post_nms_topk: int = 300  # RPN proposals per image after NMS (test)
+    rpn_nms: float = 0.7
+    box_convs: int = 4
+    box_conv_dim: int = 256
+    box_fc_dim: int = 1024
+    pooler_resolution: int = 7
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # ROI box coder (x, y, w, h)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5  # per class
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        _check(self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}")
+        _check(len(self.anchor_sizes) == 5, f"anchor_sizes needs one size per level p2..p6, got {self.anchor_sizes}")
+        _check(
+            all(s > 0 for s in self.anchor_sizes) and all(a > 0 for a in self.aspect_ratios),
+            "anchor sizes and aspect ratios must be positive",
+        )
+        _check(self.rpn_convs >= 1 and self.box_convs >= 0, "rpn_convs must be >= 1 and box_convs >= 0")
+        _check(self.post_nms_topk > 0 and self.pre_nms_topk > 0, "pre/post NMS top-k must be positive")
+        for name in ("rpn_nms", "nms_thresh", "score_thresh"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"{name} must lie in [0, 1], got {value}")
+        _check(self.max_detections >= 1, f"max_detections must be >= 1, got {self.max_detections}")
+
+
+@dataclass(frozen=True)
 class ViTDetConfig:
     """ViTDet backbone + simple feature pyramid (spec §1.1). Defaults: ViTDet-B at 1024."""
 
@@ -67,7 +106,7 @@ class ViTDetConfig:
     rel_pos_grid: int = 64  # side the global blocks' relative-position tables are stored for (1024 / 16)
     rel_pos_resize: Literal["table2d", "linear1d"] = "table2d"  # table2d: the reference; linear1d: detectron2
     pyramid_dim: int = 256
-    num_classes: int = 30  # ImageNet VID
+    head: DetectorConfig | None = field(default_factory=DetectorConfig)  # None: backbone + pyramid only
 
     def __post_init__(self) -> None:
         _check(

@@ -202,10 +202,25 @@ def _annotate_vitdet(
     heat = result.scores if result.scores is not None else result.importance
     heat_np = None if heat is None else heat[0].float().view(gh, gw).cpu().numpy()
     frame = overlay_tokens(pixels, kept, heat_np, cfg.patch_size)
+    if result.detections is not None and len(result.detections[0].boxes):
+        frame = _draw_detections(frame, result.detections[0], cfg)
     caption = f"t={result.t} {result.kind.value.upper()} kept {result.num_kept}/{cfg.num_tokens}  {gmacs:.1f} GMACs"
     if weights == "random":
         caption += "  [random weights]"
     return add_caption(frame, caption)
+
+
+def _draw_detections(frame: np.ndarray, det: Any, cfg: ViTDetConfig, min_score: float = 0.3) -> np.ndarray:
+    """Boxes (input-pixel coordinates, as the frame) with class names and scores; weak detections are left out."""
+    from rgtp.data.vid import VID_CLASSES
+    from rgtp.viz import draw_boxes
+
+    keep = det.scores >= min_score
+    labels = det.labels[keep].cpu().tolist()
+    num_classes = cfg.head.num_classes if cfg.head is not None else 0
+    names = [VID_CLASSES[c] if num_classes == len(VID_CLASSES) else f"class {c}" for c in labels]
+    boxes = det.boxes[keep].float().cpu().numpy()
+    return draw_boxes(frame, boxes, names, det.scores[keep].float().cpu().numpy())
 
 
 def _kept_grid(keep_idx: Tensor | None, gh: int, gw: int) -> np.ndarray:

@@ -17,6 +17,7 @@ __all__ = [
     "Attention",
     "AttentionOutput",
     "Block",
+    "ConvLN",
     "LayerNorm2d",
     "Mlp",
     "rel_pos_table",
@@ -56,6 +57,17 @@ class LayerNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)  # (B, H, W, C)
         return x.permute(0, 3, 1, 2)
+
+
+class ConvLN(nn.Conv2d):
+    """A bias-free convolution followed by channel LayerNorm, stored like detectron2's ``Conv2d(norm=LN)``."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
+        super().__init__(cin, cout, kernel_size, padding=kernel_size // 2, bias=False)
+        self.norm = LayerNorm2d(cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(super().forward(x))
 
 
 def rel_pos_table(table: Tensor, size: int, resize: str = "table2d") -> Tensor:

@@ -12,9 +12,19 @@ from torch import Tensor, nn
 
 from rgtp.config import ViTDetConfig
 from rgtp.flops import scope
-from rgtp.models.layers import Block, LayerNorm2d
+from rgtp.models.frcnn import Detections, FasterRCNN
+from rgtp.models.layers import Block, ConvLN, LayerNorm2d
 
-__all__ = ["PIXEL_MEAN", "PIXEL_STD", "SimpleFeaturePyramid", "ViT", "ViTDet", "preprocess_frame", "resize_shape"]
+__all__ = [
+    "PIXEL_MEAN",
+    "PIXEL_STD",
+    "Detections",
+    "SimpleFeaturePyramid",
+    "ViT",
+    "ViTDet",
+    "preprocess_frame",
+    "resize_shape",
+]
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -83,17 +93,6 @@ class ViT(nn.Module):
         return x
 
 
-class ConvLN(nn.Conv2d):
-    """A bias-free convolution followed by channel LayerNorm, stored like detectron2's ``Conv2d(norm=LN)``."""
-
-    def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
-        super().__init__(cin, cout, kernel_size, padding=kernel_size // 2, bias=False)
-        self.norm = LayerNorm2d(cout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(super().forward(x))
-
-
 class SimpleFeaturePyramid(nn.Module):
     """Strides 4, 8, 16, 32 from the stride-16 map (scales 4, 2, 1, 0.5), plus p6 by subsampling p5."""
 
@@ -122,13 +121,24 @@ class SimpleFeaturePyramid(nn.Module):
 
 
 class ViTDet(nn.Module):
-    """ViTDet backbone + simple feature pyramid. ``forward`` maps padded, normalised frames to pyramid features."""
+    """ViTDet backbone + simple feature pyramid + Faster R-CNN head (``cfg.head``; None leaves the head out).
+
+    ``forward`` maps padded, normalised frames to pyramid features; :meth:`detect` turns features into detections.
+    """
 
     def __init__(self, cfg: ViTDetConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.net = ViT(cfg)
         self.pyramid = SimpleFeaturePyramid(cfg.embed_dim, cfg.pyramid_dim)
+        self.head = None if cfg.head is None else FasterRCNN(cfg.head, cfg.pyramid_dim, cfg.patch_size)
+
+    def detect(self, features: dict[str, Tensor]) -> list[Detections]:
+        """Detections per image in padded-input pixels, clipped to the padded square (as the reference does)."""
+        if self.head is None:
+            raise RuntimeError("this ViTDet has no detection head (its config has head=None)")
+        with scope("head"):
+            return self.head(features, (self.cfg.img_size, self.cfg.img_size))
 
     def features(self, tokens: Tensor) -> dict[str, Tensor]:
         """Pyramid of the backbone's output tokens: (B, N, C) -> {"p2".."p6"}."""

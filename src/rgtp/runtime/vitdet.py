@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from rgtp.config import RGTPConfig
 from rgtp.flops import scope
-from rgtp.models.vitdet import ViTDet
+from rgtp.models.vitdet import Detections, ViTDet
 from rgtp.pruning.rollout import (
     anchor_mask,
     check_pool,
@@ -36,14 +35,6 @@ from rgtp.pruning.state import StreamState
 from rgtp.runtime.common import choose_tokens, fill_pruned, gather_tokens, scatter_rows_
 
 __all__ = ["DenseViTDet", "Detections", "FrameResult", "RGTPViTDet"]
-
-
-class Detections(NamedTuple):
-    """Detections of one image, in input-pixel coordinates."""
-
-    boxes: Tensor  # (M, 4) xyxy
-    scores: Tensor  # (M,)
-    labels: Tensor  # (M,) long
 
 
 DetectionHead = Callable[[dict[str, Tensor]], list[Detections]]

@@ -1,0 +1,1 @@
+"""Dataset evaluation: resumable result logs, sharding across processes, and the per-task evaluators."""

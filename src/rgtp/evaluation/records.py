@@ -1,0 +1,96 @@
+"""Append-only, resumable result logs (JSON lines), one file per process.
+
+Every finished unit of work (a video sequence, a clip) is one line, flushed and synced as soon as it is done, so an
+interrupted evaluation loses at most the unit in progress. On restart the log reads back what is finished; the
+header written at the top of each file (preset, weights, data...) must match the new run, so results of different
+runs are never mixed. Files are named per process rank; reading merges all of them, so a run may resume with a
+different number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ResultLog", "ResumeError"]
+
+logger = logging.getLogger(__name__)
+
+
+class ResumeError(ValueError):
+    """An output directory that holds results of a different run."""
+
+
+class ResultLog:
+    """Results keyed by unit name in ``directory/part-<rank>.jsonl``.
+
+    Args:
+        directory: where the part files live (created if needed).
+        header: what identifies the run; compared with the header of every existing part file.
+        rank: this process's rank (its own part file).
+    """
+
+    def __init__(self, directory: str | Path, header: dict[str, Any], rank: int = 0) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.header = json.loads(json.dumps(header))  # normalised as it will read back
+        self.path = self.directory / f"part-{rank:03d}.jsonl"
+        for part in self._parts():
+            self._check_header(part)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self._write({"header": self.header})
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.directory.glob("part-*.jsonl"))
+
+    def _check_header(self, part: Path) -> None:
+        with open(part) as f:
+            first = f.readline()
+        if not first.strip():
+            return
+        try:
+            found = json.loads(first).get("header")
+        except json.JSONDecodeError:
+            found = None
+        if found != self.header:
+            diff = sorted(k for k in set(self.header) | set(found or {}) if (found or {}).get(k) != self.header.get(k))
+            raise ResumeError(
+                f"{part} holds results of a different run (differs in: {', '.join(diff) or 'format'}); "
+                f"use another output directory or delete {self.directory}"
+            )
+
+    def done(self) -> dict[str, dict[str, Any]]:
+        """Every finished record of every part file, keyed by unit name."""
+        records: dict[str, dict[str, Any]] = {}
+        for part in self._parts():
+            with open(part) as f:
+                lines = f.readlines()
+            for n, line in enumerate(lines[1:], start=2):
+                if not line.endswith("\n"):
+                    logger.warning("%s:%d: ignoring a truncated last line (interrupted write)", part, n)
+                    continue
+                record = json.loads(line)
+                records[record["key"]] = record
+        return records
+
+    def append(self, key: str, record: dict[str, Any]) -> None:
+        """Write one finished unit (durably)."""
+        self._write({"key": key, **record})
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        self._repair_tail()
+        with open(self.path, "a") as f:
+            f.write(json.dumps(obj) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _repair_tail(self) -> None:
+        """Cut a partial last line left by an interrupted write, so appends start on a fresh line."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            self.path.write_bytes(data[: data.rfind(b"\n") + 1])
