@@ -151,3 +151,43 @@ def test_cli_run_tiny_preset_writes_results_and_video(family: str, tmp_path: Pat
         assert len([r for r in records if "clip_summary" in r]) == 2
         assert len(list(read_frames(tmp_path / "out.mp4"))) == 16
     assert all(r["weights"] == "random" for r in steps)
+
+
+def test_cli_run_with_weights_draws_labelled_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With weights that detect something, `rgtp run` logs the detections (in frame pixels) and draws them."""
+    pytest.importorskip("av")
+    import dataclasses
+
+    import torch
+
+    from rgtp import viz
+    from rgtp.data.synthetic import moving_shapes_video, write_video
+    from rgtp.data.vid import VID_CLASSES
+    from rgtp.models.vitdet import ViTDet
+
+    cfg = dataclasses.replace(TINY_VITDET, head=dataclasses.replace(TINY_VITDET.head, num_classes=30))
+    torch.manual_seed(0)
+    model = ViTDet(cfg)
+    with torch.no_grad():
+        model.head.roi_heads.box_predictor.cls_score.bias[6] = 8.0  # type: ignore[union-attr, index]: "car"
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    frames, _ = moving_shapes_video(num_frames=3, height=40, width=80, seed=0)
+    write_video(tmp_path / "in.mp4", frames)
+    save_config(Preset("tiny_vitdet", cfg, vitdet_rgtp(reset_every=4)), tmp_path / "tiny.yaml")
+    drawn: list[list[str]] = []
+    real = viz.draw_boxes
+
+    def spy(frame, boxes, names, *a, **k):  # type: ignore[no-untyped-def]
+        drawn.append(names)
+        return real(frame, boxes, names, *a, **k)
+
+    monkeypatch.setattr(viz, "draw_boxes", spy)
+    args = ["run", str(tmp_path / "in.mp4"), "--config", str(tmp_path / "tiny.yaml"), "--weights",
+            str(tmp_path / "w.pth"), "--jsonl", str(tmp_path / "out.jsonl"), "--out", str(tmp_path / "out.mp4")]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    dets = records[0]["outputs"]["detections"]
+    assert dets and all(d["label"] == 6 for d in dets)
+    # 80x40 frames need no resize; boxes are clipped to the padded 80x80 input (as the reference does)
+    assert all(0 <= d["box"][0] <= d["box"][2] <= 80 and 0 <= d["box"][1] <= d["box"][3] <= 80 for d in dets)
+    assert len(drawn) == 3 and set(drawn[0]) == {VID_CLASSES[6]}

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from conftest import TINY_HEAD, TINY_VITDET, vitdet_rgtp
 from rgtp.cli import main
 from rgtp.config import Preset, save_config
-from rgtp.data.synthetic import moving_shapes_video
-from rgtp.data.vid import VID_WNIDS, VIDDataset
+from rgtp.data.synthetic import write_synthetic_vid
+from rgtp.data.vid import VIDDataset
 from rgtp.evaluation import vid as vid_eval
 from rgtp.evaluation.records import ResumeError
 from rgtp.evaluation.vid import evaluate_vid
@@ -29,36 +28,12 @@ pytest.importorskip("pycocotools")
 MODEL = dataclasses.replace(TINY_VITDET, head=dataclasses.replace(TINY_HEAD, num_classes=30))
 RGTP = Preset("tiny_rgtp", MODEL, vitdet_rgtp(keep_ratio=0.3, reset_every=3), description="tiny RGTP")
 DENSE = Preset("tiny_dense", MODEL, None, description="tiny dense")
-LENGTHS = {"ILSVRC2015_val_00000000": 5, "ILSVRC2015_val_00000001": 4, "ILSVRC2015_val_00000002": 3}
-
-
-def write_fixture(root: Path) -> None:
-    """ILSVRC2015 layout: JPEG frames of moving shapes (60x96) with their boxes as VID objects; one gap."""
-    for v, (video, n) in enumerate(LENGTHS.items()):
-        frames, boxes = moving_shapes_video(num_frames=n + (v == 2), height=60, width=96, num_objects=2, seed=v)
-        data, ann = root / "Data/VID/val" / video, root / "Annotations/VID/val" / video
-        data.mkdir(parents=True)
-        ann.mkdir(parents=True)
-        for t in range(len(frames)):
-            if v == 2 and t == 1:
-                continue  # a gap: frames 0 | 2, 3 make two sequences
-            Image.fromarray(frames[t]).save(data / f"{t:06d}.JPEG", quality=95)
-            objects = "".join(
-                f"<object><trackid>{k}</trackid><name>{VID_WNIDS[c * 7]}</name><bndbox><xmax>{x2}</xmax>"
-                f"<xmin>{x1}</xmin><ymax>{y2}</ymax><ymin>{y1}</ymin></bndbox><occluded>0</occluded></object>"
-                for k, (x1, y1, x2, y2, c) in enumerate(boxes[t])
-            )
-            (ann / f"{t:06d}.xml").write_text(
-                f"<annotation><filename>{t:06d}</filename><size><width>96</width><height>60</height></size>"
-                f"{objects}</annotation>"
-            )
 
 
 @pytest.fixture(scope="module")
 def vid_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("vid")
-    write_fixture(root)
-    return root
+    # 60x96 frames; sequence 2 misses frame 1, so it splits into two sequences (0 | 2, 3)
+    return write_synthetic_vid(tmp_path_factory.mktemp("vid"), (5, 4, 4), 60, 96, num_objects=2, skip={(2, 1)})
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import colorsys
 import logging
 import os
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SHAPE_CLASSES", "Box", "moving_shapes_video", "write_video"]
+__all__ = ["SHAPE_CLASSES", "SHAPE_TO_VID", "Box", "moving_shapes_video", "write_synthetic_vid", "write_video"]
 
 logger = logging.getLogger(__name__)
 
@@ -282,3 +284,53 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 1
         for frame in arr:
             writer.write(frame)
     logger.info("wrote %d frames (%dx%d) to %s", arr.shape[0], arr.shape[2], arr.shape[1], path)
+
+
+# Shape class -> ImageNet VID class index (arbitrary but fixed: airplane, car, lion).
+SHAPE_TO_VID = (0, 6, 15)
+
+
+def write_synthetic_vid(
+    root: str | os.PathLike[str],
+    lengths: Sequence[int] = (16,),
+    height: int = 720,
+    width: int = 1280,
+    num_objects: int = 4,
+    seed: int = 0,
+    skip: Collection[tuple[int, int]] = (),
+    split: str = "val",
+) -> Path:
+    """Write moving-shapes videos as an ImageNet VID split in the ILSVRC2015 layout, with exact boxes.
+
+    Sequence ``v`` (``ILSVRC2015_val_<v:08d>``) has ``lengths[v]`` frames of :func:`moving_shapes_video` (seed
+    ``seed + v``) as JPEGs, and one XML per frame whose objects are the shapes, labelled with the VID classes
+    :data:`SHAPE_TO_VID`. ``skip`` lists (video, frame) pairs to leave out, to make gaps. Returns ``root``. Useful for
+    trying ``rgtp evaluate vitdet-vid`` and for benchmarks; the classes mean nothing to a VID-trained detector.
+    """
+    from PIL import Image
+
+    from rgtp.data.vid import VID_WNIDS
+
+    root = Path(root)
+    for v, n in enumerate(lengths):
+        frames, boxes = moving_shapes_video(n, height, width, num_objects, seed + v)
+        name = f"ILSVRC2015_{split}_{v:08d}"
+        data, ann = root / "Data" / "VID" / split / name, root / "Annotations" / "VID" / split / name
+        data.mkdir(parents=True, exist_ok=True)
+        ann.mkdir(parents=True, exist_ok=True)
+        for t, frame in enumerate(frames):
+            if (v, t) in skip:
+                continue
+            Image.fromarray(frame).save(data / f"{t:06d}.JPEG", quality=92)
+            objects = "".join(
+                f"<object><trackid>{k}</trackid><name>{VID_WNIDS[SHAPE_TO_VID[c]]}</name><bndbox>"
+                f"<xmax>{x2}</xmax><xmin>{x1}</xmin><ymax>{y2}</ymax><ymin>{y1}</ymin></bndbox>"
+                "<occluded>0</occluded><generated>0</generated></object>"
+                for k, (x1, y1, x2, y2, c) in enumerate(boxes[t])
+            )
+            (ann / f"{t:06d}.xml").write_text(
+                f"<annotation><folder>{name}</folder><filename>{t:06d}</filename><size><width>{width}</width>"
+                f"<height>{height}</height></size>{objects}</annotation>\n"
+            )
+    logger.info("wrote a synthetic VID split (%d sequences) under %s", len(lengths), root)
+    return root
