@@ -244,3 +244,70 @@ def test_cli_convert(tmp_path, capsys) -> None:
     torch.save({"model": {"x": torch.zeros(1)}}, bad)
     assert main(["convert", "vitdet", str(bad), str(tmp_path / "o.pth")]) == 2
     assert "matched by no rule" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_pickles_of_every_protocol_load(tmp_path, protocol: int) -> None:
+    """detectron2 .pkl files in the wild were written with different pickle protocols (numpy arrays inside)."""
+    shapes = detectron2_vitdet_shapes(TINY_VITDET, "coco")
+    source = {k: v.numpy() for k, v in random_state(shapes).items()}
+    src = tmp_path / "model.pkl"
+    with open(src, "wb") as f:
+        pickle.dump({"model": source}, f, protocol=protocol)
+    state = read_checkpoint(src)
+    np.testing.assert_array_equal(state["backbone.net.pos_embed"].numpy(), source["backbone.net.pos_embed"])
+
+
+def test_anchor_buffers_and_cls_free_pos_embed(tmp_path) -> None:
+    shapes = detectron2_vitdet_shapes(TINY_VITDET)
+    source = random_state(shapes)
+    source["backbone.net.pos_embed"] = source["backbone.net.pos_embed"][:, 1:]  # stored without a class-token slot
+    for i in range(5):  # buffers some detectron2 versions saved
+        source[f"proposal_generator.anchor_generator.cell_anchors.{i}"] = torch.zeros(3, 4)
+    src = tmp_path / "vid.pth"
+    torch.save({"model": source}, src)
+    report = convert_checkpoint(src, tmp_path / "out.pth", "vitdet-vid", TINY_VITDET)
+    assert len(report.dropped) == 5
+    model = ViTDet(TINY_VITDET)
+    load_weights(model, tmp_path / "out.pth")
+    torch.testing.assert_close(model.net.pos_embed.detach(), source["backbone.net.pos_embed"])
+
+
+def eventful_layout(detectron2: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a detectron2 state dict into the reference code's layout (spec §12.6), written out literally."""
+    block = {"norm1": "input_layer_norm", "attn.qkv": "qkv", "attn.rel_pos_h": "relative_position.y_embedding",
+             "attn.rel_pos_w": "relative_position.x_embedding", "attn.proj": "projection", "norm2": "mlp_layer_norm",
+             "mlp.fc1": "mlp_1", "mlp.fc2": "mlp_2"}
+    pyramid = {"simfp_2.0": "0.0", "simfp_2.1": "0.1", "simfp_2.3": "0.3", "simfp_2.4": "0.4", "simfp_2.4.norm": "0.5",
+               "simfp_2.5": "0.6", "simfp_2.5.norm": "0.7", "simfp_3.0": "1.0", "simfp_3.1": "1.1",
+               "simfp_3.1.norm": "1.2", "simfp_3.2": "1.3", "simfp_3.2.norm": "1.4", "simfp_4.0": "2.0",
+               "simfp_4.0.norm": "2.1", "simfp_4.1": "2.2", "simfp_4.1.norm": "2.3", "simfp_5.1": "3.1",
+               "simfp_5.1.norm": "3.2", "simfp_5.2": "3.3", "simfp_5.2.norm": "3.4"}
+    out = {}
+    for key, value in detectron2.items():
+        if key.startswith("backbone.net.patch_embed.proj."):
+            key = "embedding.conv." + key.rsplit(".", 1)[1]
+        elif key == "backbone.net.pos_embed":
+            key, value = "backbone.position_encoding.encoding", value[:, 1:]
+        elif key.startswith("backbone.net.blocks."):
+            _, _, _, i, rest = key.split(".", 4)
+            module, _, leaf = rest.rpartition(".") if not rest.startswith("attn.rel_pos") else (rest, "", "")
+            key = f"backbone.blocks.{i}.{block[module]}" + (f".{leaf}" if leaf else "")
+        elif key.startswith("backbone.simfp_"):
+            module, _, leaf = key[len("backbone."):].rpartition(".")
+            key = f"pyramid.stages.{pyramid[module]}.{leaf}"
+        out[key] = value
+    return out
+
+
+def test_reference_converted_layout_converts_to_the_same_weights(tmp_path) -> None:
+    source = random_state(detectron2_vitdet_shapes(TINY_VITDET))
+    torch.save({"model": source}, tmp_path / "d2.pth")
+    torch.save(eventful_layout(source), tmp_path / "eventful.pth")  # a flat state dict
+    convert_checkpoint(tmp_path / "d2.pth", tmp_path / "a.pth", "vitdet-vid", TINY_VITDET)
+    convert_checkpoint(tmp_path / "eventful.pth", tmp_path / "b.pth", "vitdet-eventful", TINY_VITDET)
+    a = torch.load(tmp_path / "a.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b.pth", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

@@ -21,7 +21,7 @@ from rgtp.data.vid import VIDDataset
 from rgtp.evaluation import vid as vid_eval
 from rgtp.evaluation.records import ResumeError
 from rgtp.evaluation.vid import evaluate_vid
-from rgtp.models.vitdet import Detections, ViTDet, resize_shape
+from rgtp.models.vitdet import Detections, ViTDet, resize_scale
 
 pytest.importorskip("pycocotools")
 
@@ -78,8 +78,7 @@ def test_perfect_detections_score_100(vid_root: Path, tmp_path: Path, monkeypatc
 
     def oracle(self: ViTDet, features: dict[str, torch.Tensor]) -> list[Detections]:
         frame = next(truth)
-        h, _ = resize_shape(frame.height, frame.width, self.cfg.img_size)
-        scale = h / frame.height
+        scale = resize_scale(frame.height, frame.width, self.cfg.img_size)
         n = len(frame.labels)
         boxes = torch.tensor(frame.boxes) * scale
         return [Detections(boxes, torch.linspace(0.9, 0.5, n), torch.tensor(frame.labels))]

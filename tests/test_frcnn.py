@@ -170,7 +170,7 @@ def test_roi_filter_thresholds_nms_and_limits() -> None:
             [0.35, 0.4, 0.25],
         ]
     )  # (P, K + 1), background last
-    det = heads._filter(boxes, scores)
+    det = heads._filter(boxes, scores, (100, 100))
     # candidates > 0.3: (0,c0) .9, (1,c0) .8 suppressed by (0,c0), (2,c1) .7, (3,c0) .35, (3,c1) .4; top 3
     assert det.scores.tolist() == pytest.approx([0.9, 0.7, 0.4])
     assert det.labels.tolist() == [0, 1, 1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,7 +130,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             presets = [override(p, assignment) for p in presets]
     else:
         presets = [_resolve(args)]
-    dataset = VIDDataset(args.data, split=args.split, layout=args.layout, max_sequences=args.max_sequences)
+    first = os.environ.get("RANK", "0") == "0"  # under torchrun only the first process shows progress
+    dataset = VIDDataset(
+        args.data,
+        split=args.split,
+        layout=args.layout,
+        max_sequences=args.max_sequences,
+        progress=None if first and not args.quiet else False,
+    )
     logger.info("%s: %d sequences, %d frames", args.data, len(dataset), dataset.num_frames)
     try:
         results = evaluate_vid(
@@ -243,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--source",
         default="vid",
-        choices=["vid", "coco"],
+        choices=["vid", "coco", "eventful"],
         help="vid: detectron2 ViTDet-VID Faster R-CNN (frcnn_vitdet_final.pth); coco: detectron2 COCO ViTDet-B "
-        "(backbone and pyramid only)",
+        "(backbone and pyramid only); eventful: the same VID detector as converted by the reference code",
     )
     p.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)")
     _add_preset_args(p, positional=False)  # the target architecture (input size does not matter)

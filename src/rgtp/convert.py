@@ -8,6 +8,8 @@ Supported sources:
 
 * ``vitdet-vid``: the detectron2 ViTDet-B Faster R-CNN trained on ImageNet VID (``frcnn_vitdet_final.pth`` of the
   Eventful Transformers release; a ``{"model": state_dict, ...}`` file): backbone, pyramid and detection head.
+* ``vitdet-eventful``: the same detector as converted by the reference code (``weights/vitdet_b_vid.pth``:
+  ``embedding.conv``, ``backbone.blocks.i.qkv``, ``pyramid.stages.k.j``...).
 * ``vitdet-coco``: detectron2's COCO ViTDet-B (``model_final_*.pkl`` of the ViTDet project, numpy arrays in a
   pickle): backbone and pyramid only, as a starting point for fine-tuning; the COCO heads are dropped.
 """
@@ -78,7 +80,12 @@ class ConversionReport:
 
 
 def _cls_free_pos_embed(value: Tensor) -> Tensor:
-    """Remove the class-token slot of a (1, 1 + s*s, C) position table; (1, s*s, C) passes unchanged."""
+    """Remove the class-token slot of a (1, 1 + s*s, C) position table; (1, s*s, C) passes unchanged.
+
+    Tables stored without the batch axis, or as a (1, s, s, C) grid, are flattened to (1, n, C) first.
+    """
+    if value.ndim != 3:
+        value = value.reshape(1, -1, value.shape[-1])  # (1, n, C)
     n = value.shape[1]
     side = round((n - 1) ** 0.5)
     if side * side == n - 1:
@@ -107,10 +114,43 @@ _VID_HEAD = [
 ]
 _COCO_HEADS = [Rule(r"proposal_generator\..*", DROP), Rule(r"roi_heads\..*", DROP)]
 
+# The layout of the reference's own converted file (Eventful Transformers / RGTP ``weights/vitdet_b_vid.pth``):
+# renamed backbone modules, and a pyramid whose "conv with norm" modules are split into separate conv and LN indices.
+_EVENTFUL_BLOCK = {
+    "input_layer_norm": "norm1",
+    "qkv": "attn.qkv",
+    "projection": "attn.proj",
+    "mlp_layer_norm": "norm2",
+    "mlp_1": "mlp.fc1",
+    "mlp_2": "mlp.fc2",
+}
+_EVENTFUL_PYRAMID = {  # (stage, index) -> our simfp module path ("…" + ".norm" for a split-off LayerNorm)
+    (0, 0): "simfp_2.0", (0, 1): "simfp_2.1", (0, 3): "simfp_2.3", (0, 4): "simfp_2.4", (0, 5): "simfp_2.4.norm",
+    (0, 6): "simfp_2.5", (0, 7): "simfp_2.5.norm",
+    (1, 0): "simfp_3.0", (1, 1): "simfp_3.1", (1, 2): "simfp_3.1.norm", (1, 3): "simfp_3.2", (1, 4): "simfp_3.2.norm",
+    (2, 0): "simfp_4.0", (2, 1): "simfp_4.0.norm", (2, 2): "simfp_4.1", (2, 3): "simfp_4.1.norm",
+    (3, 1): "simfp_5.1", (3, 2): "simfp_5.1.norm", (3, 3): "simfp_5.2", (3, 4): "simfp_5.2.norm",
+}  # fmt: skip
+_EVENTFUL = [
+    Rule(r"embedding\.conv\.(weight|bias)", r"net.patch_embed.proj.\1"),
+    Rule(r"backbone\.position_encoding\.encoding", "net.pos_embed"),
+    *(
+        Rule(rf"backbone\.blocks\.(\d+)\.{re.escape(ours)}\.(weight|bias)", rf"net.blocks.\1.{theirs}.\2")
+        for ours, theirs in _EVENTFUL_BLOCK.items()
+    ),
+    Rule(r"backbone\.blocks\.(\d+)\.relative_position\.y_embedding", r"net.blocks.\1.attn.rel_pos_h"),
+    Rule(r"backbone\.blocks\.(\d+)\.relative_position\.x_embedding", r"net.blocks.\1.attn.rel_pos_w"),
+    *(
+        Rule(rf"pyramid\.stages\.{stage}\.{index}\.(weight|bias)", rf"pyramid.{path}.\1")
+        for (stage, index), path in _EVENTFUL_PYRAMID.items()
+    ),
+]
+
 SOURCES: dict[str, tuple[list[Rule], tuple[str, ...]]] = {
     # name: (rules, parts of our model the checkpoint provides)
     "vitdet-vid": (_BACKBONE + _NEVER_PARAMETERS + _VID_HEAD, ("net", "pyramid", "head")),
     "vitdet-coco": (_BACKBONE + _NEVER_PARAMETERS + _COCO_HEADS, ("net", "pyramid")),
+    "vitdet-eventful": (_EVENTFUL + _NEVER_PARAMETERS + _VID_HEAD, ("net", "pyramid", "head")),
 }
 _TRANSFORMS: dict[str, Callable[[Tensor], Tensor]] = {"net.pos_embed": _cls_free_pos_embed}
 
@@ -131,6 +171,9 @@ class _NumpyUnpickler(pickle.Unpickler):
             ("numpy.core.multiarray", "scalar"),
             ("numpy._core.multiarray", "scalar"),
             ("collections", "OrderedDict"),
+            ("_codecs", "encode"),  # numpy arrays pickled with protocol <= 2
+            ("numpy.core.numeric", "_frombuffer"),  # ... and with protocol 5
+            ("numpy._core.numeric", "_frombuffer"),
         }
     )
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BACKENDS", "DetectionMetrics", "coco_map"]
+__all__ = ["BACKENDS", "DetectionMetrics", "check_backend", "coco_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +214,11 @@ def _import_backend(name: str) -> tuple[type, type]:
         raise ImportError(
             f"COCO mAP evaluation needs the '{name}' package, which is not installed: {_INSTALL_HINT[name]}"
         ) from exc
+
+
+def check_backend(backend: str = "auto") -> str:
+    """The name of the backend :func:`coco_map` would use; ImportError (with the pip command) if none is installed."""
+    return _resolve_backend(backend)[0]
 
 
 def _resolve_backend(backend: str) -> tuple[str, type, type]:

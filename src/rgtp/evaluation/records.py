@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = ["ResultLog", "ResumeError"]
 
 logger = logging.getLogger(__name__)
+
+_KEY = re.compile(r'^\{"key": ("(?:[^"\\]|\\.)*")')  # records are written with "key" first
 
 
 class ResumeError(ValueError):
@@ -40,6 +44,7 @@ class ResultLog:
         self.path = self.directory / f"part-{rank:03d}.jsonl"
         for part in self._parts():
             self._check_header(part)
+        self._repair_tail()
         if not self.path.exists() or self.path.stat().st_size == 0:
             self._write({"header": self.header})
 
@@ -62,26 +67,36 @@ class ResultLog:
                 f"use another output directory or delete {self.directory}"
             )
 
+    def keys(self) -> set[str]:
+        """Names of the finished units (reads only the start of each line)."""
+        return {key for key, _ in self._lines()}
+
+    def records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(unit name, record) of every finished unit, one at a time (the logs of a whole split can be large)."""
+        for key, line in self._lines():
+            yield key, json.loads(line)
+
     def done(self) -> dict[str, dict[str, Any]]:
         """Every finished record of every part file, keyed by unit name."""
-        records: dict[str, dict[str, Any]] = {}
+        return dict(self.records())
+
+    def _lines(self) -> Iterator[tuple[str, str]]:
         for part in self._parts():
             with open(part) as f:
-                lines = f.readlines()
-            for n, line in enumerate(lines[1:], start=2):
-                if not line.endswith("\n"):
-                    logger.warning("%s:%d: ignoring a truncated last line (interrupted write)", part, n)
-                    continue
-                record = json.loads(line)
-                records[record["key"]] = record
-        return records
+                next(f, None)  # header
+                for n, line in enumerate(f, start=2):
+                    if not line.endswith("\n"):
+                        logger.warning("%s:%d: ignoring a truncated last line (interrupted write)", part, n)
+                        continue
+                    match = _KEY.match(line)
+                    key = json.loads(match.group(1)) if match else json.loads(line)["key"]
+                    yield key, line
 
     def append(self, key: str, record: dict[str, Any]) -> None:
         """Write one finished unit (durably)."""
         self._write({"key": key, **record})
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self._repair_tail()
         with open(self.path, "a") as f:
             f.write(json.dumps(obj) + "\n")
             f.flush()
@@ -91,6 +106,22 @@ class ResultLog:
         """Cut a partial last line left by an interrupted write, so appends start on a fresh line."""
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            self.path.write_bytes(data[: data.rfind(b"\n") + 1])
+        with open(self.path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            # scan back (in blocks) for the last complete line
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                f.seek(start)
+                block = f.read(end - start)
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    f.truncate(start + cut + 1)
+                    return
+                end = start
+            f.truncate(0)

@@ -262,14 +262,18 @@ class ROIHeads(nn.Module):
             scores = F.softmax(logit.float(), dim=-1)  # (P, K + 1)
             k = cfg.num_classes
             pred = decode_boxes(delta.view(-1, k, 4), boxes[:, None, :], cfg.box_weights)  # (P, K, 4)
-            out.append(self._filter(clip_boxes(pred, image_size), scores))
+            out.append(self._filter(pred, scores, image_size))
         return out
 
-    def _filter(self, boxes: Tensor, scores: Tensor) -> Detections:
-        """Score threshold, per-class NMS and the top detections of one image (detectron2's fast_rcnn_inference)."""
+    def _filter(self, boxes: Tensor, scores: Tensor, image_size: tuple[int, int]) -> Detections:
+        """Clip, threshold, per-class NMS and keep the best detections of one image (detectron2's fast_rcnn_inference).
+
+        Args:
+            boxes: (P, K, 4) class-specific boxes; scores: (P, K + 1) softmax scores, background last.
+        """
         cfg = self.cfg
         ok = torch.isfinite(boxes).flatten(1).all(dim=1) & torch.isfinite(scores).all(dim=1)
-        boxes, scores = boxes[ok], scores[ok, :-1]  # drop the background column
+        boxes, scores = clip_boxes(boxes[ok], image_size), scores[ok, :-1]  # drop the background column
         mask = scores > cfg.score_thresh  # (P, K)
         rows, labels = mask.nonzero(as_tuple=True)
         boxes, scores = boxes[rows, labels], scores[rows, labels]

@@ -23,6 +23,7 @@ __all__ = [
     "ViT",
     "ViTDet",
     "preprocess_frame",
+    "resize_scale",
     "resize_shape",
 ]
 
@@ -161,14 +162,15 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def resize_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """The paper's resize rule (spec §12.1): short side 640 * size / 1024, long side at most ``size``.
+def resize_scale(height: int, width: int, size: int) -> float:
+    """The paper's resize factor (spec §12.1): short side to 640 * size / 1024, long side at most ``size``."""
+    return min(640.0 * size / 1024.0 / min(height, width), size / max(height, width))
 
-    Returns the resized (height, width) (rounded to the nearest pixel, as detectron2's ResizeShortestEdge).
-    """
-    short, long = min(height, width), max(height, width)
-    scale = min(640.0 * size / 1024.0 / short, size / long)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+def resize_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """The resized (height, width) under :func:`resize_scale`, rounded as the reference does (Python's ``round``)."""
+    scale = resize_scale(height, width, size)
+    return round(height * scale), round(width * scale)
 
 
 def preprocess_frame(frame: Tensor, size: int) -> tuple[Tensor, float]:
@@ -178,7 +180,8 @@ def preprocess_frame(frame: Tensor, size: int) -> tuple[Tensor, float]:
         frame: (H, W, 3) uint8 RGB.
 
     Returns:
-        ((3, size, size) float tensor, scale applied to the frame); boxes in the frame map to boxes * scale.
+        ((3, size, size) float tensor, scale applied to the frame); boxes in the frame map to boxes * scale (the
+        reference scales ground truth by this exact factor, not by the rounded size ratio).
     """
     if frame.ndim != 3 or frame.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB frame, got shape {tuple(frame.shape)}")
@@ -187,8 +190,9 @@ def preprocess_frame(frame: Tensor, size: int) -> tuple[Tensor, float]:
     x = frame.permute(2, 0, 1)[None].float()  # (1, 3, H, W)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        x = x.round_().clamp_(0, 255)  # the reference resizes uint8 frames and gets uint8 back
     mean = torch.tensor(PIXEL_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(PIXEL_STD, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std
     x = F.pad(x, (0, size - nw, 0, size - nh))  # zero = the mean colour after normalisation
-    return x[0], nh / h
+    return x[0], resize_scale(h, w, size)
