@@ -140,50 +140,27 @@ def test_class_count_mismatch_is_an_error(vid_root: Path, tmp_path: Path) -> Non
         evaluate_vid(dataset, [three], None, tmp_path, progress=False)
 
 
-def test_cli_evaluate(vid_root: Path, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def evaluate_args(tmp_path: Path, vid_root: Path, weights: Path) -> list[str]:
+    """`rgtp evaluate` arguments for the tiny RGTP preset (saved as a config file) on the fixture."""
     config = tmp_path / "tiny.json"
     save_config(RGTP, config)
-    out = tmp_path / "out"
-    args = [
-        "evaluate",
-        "vitdet-vid",
-        "--config",
-        str(config),
-        "--weights",
-        str(weights),
-        "--data",
-        str(vid_root),
-        "--split",
-        "val",
-        "--out-dir",
-        str(out),
-        "--quiet",
-    ]
-    assert main(args) == 0
+    data = ["--data", str(vid_root), "--split", "val", "--quiet"]
+    return ["evaluate", "vitdet-vid", "--config", str(config), "--weights", str(weights), *data]
+
+
+def test_cli_evaluate(vid_root: Path, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = evaluate_args(tmp_path, vid_root, weights)
+    assert main([*args, "--out-dir", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "| tiny_rgtp |" in printed and "results.json" in printed
-    missing = ["evaluate", "vitdet-vid", "--config", str(config), "--data", str(tmp_path / "missing"), "--quiet"]
+    missing = ["evaluate", "vitdet-vid", "--config", str(tmp_path / "tiny.json"), "--data", str(tmp_path / "no")]
     assert main(missing) == 2
     assert "not found" in capsys.readouterr().err
 
 
 def test_torchrun_two_processes_match_one(vid_root: Path, weights: Path, tmp_path: Path) -> None:
     """Sharded evaluation with 2 CPU processes (gloo) gives the same predictions and mAP as a single process."""
-    config = tmp_path / "tiny.json"
-    save_config(RGTP, config)
-    common = [
-        "evaluate",
-        "vitdet-vid",
-        "--config",
-        str(config),
-        "--weights",
-        str(weights),
-        "--data",
-        str(vid_root),
-        "--split",
-        "val",
-        "--quiet",
-    ]
+    common = evaluate_args(tmp_path, vid_root, weights)
     assert main([*common, "--out-dir", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
