@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from rgtp.data.views import make_views
 from rgtp.io.video import VideoWriter, read_frames, video_info
 from rgtp.models.vitdet import PIXEL_MEAN, PIXEL_STD, preprocess_frame
 from rgtp.models.vivit import ViViT, predict_views
+from rgtp.progress import progress_bar
 from rgtp.pruning.schedule import FrameKind
 from rgtp.runtime import RGTPViViT
 
@@ -57,15 +58,6 @@ class RunSummary:
         for kind, v in self.by_kind.items():
             rows.append(f"| {kind} | {int(v['count'])} | {v['gmacs']:.2f} | {v['ms_mean']:.1f} |")
         return "\n".join(rows)
-
-
-def _progress(items: Iterable[Any], total: int | None, desc: str) -> Iterator[Any]:
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        yield from items
-        return
-    yield from tqdm(items, total=total, desc=desc, unit="frame", dynamic_ncols=True)
 
 
 def run_video(
@@ -104,11 +96,13 @@ def run_video(
             records = _run_vitdet(preset, model, frames, accounting, writer, summary.weights)
         else:
             records = _run_vivit(preset, model, frames, accounting, writer, summary, segment_frames)
-        for record in _progress(records, total, preset.name):
+        bar = stack.enter_context(closing(progress_bar(total, preset.name)))
+        for record in records:
             _add(summary, record)
             if sink is not None:
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
+            bar.update(1)
     summary.dense_gmacs = _dense_gmacs(preset)
     if jsonl:
         summary.outputs["jsonl"] = str(jsonl)

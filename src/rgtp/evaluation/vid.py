@@ -33,6 +33,7 @@ from rgtp.evaluation.records import ResultLog
 from rgtp.flops import MacCounter
 from rgtp.metrics import check_backend, coco_map
 from rgtp.models.vitdet import Detections, ViTDet, preprocess_frame
+from rgtp.progress import progress_bar
 from rgtp.pruning.schedule import FrameKind
 
 __all__ = ["VIDResult", "evaluate_vid", "results_table"]
@@ -99,8 +100,7 @@ def _frames(sequence: VIDSequence, size: int, device: torch.device) -> Iterator[
     """Decoded, preprocessed frames of a sequence; the next frame is decoded in a thread while the model runs."""
 
     def prepare(frame: VIDFrame) -> tuple[torch.Tensor, float]:
-        image, scale = preprocess_frame(torch.from_numpy(load_frame(frame)), size)
-        return image, scale
+        return preprocess_frame(torch.from_numpy(load_frame(frame)), size)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(prepare, sequence.frames[0]) if sequence.frames else None
@@ -148,24 +148,6 @@ def _run_sequence(
         )
         progress.update(1)
     return {"frames": frames}
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with the video extra
-        enabled = False
-    if not enabled:
-        return _NoProgress()
-    return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True)
-
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _header(preset: Preset, weights: str, dataset: VIDDataset, split: str) -> dict[str, Any]:
@@ -260,7 +242,7 @@ def _evaluate_preset(
     runtime = build_runtime(preset, model)
     runtime.head = head  # type: ignore[union-attr]
     neck = _neck_gmacs(preset.model)  # type: ignore[arg-type]
-    bar = _progress(sum(len(s.frames) for s in todo), preset.name, progress and info.main)
+    bar = progress_bar(sum(len(s.frames) for s in todo), preset.name, progress and info.main)
     try:
         for sequence in todo:
             log.append(sequence.name, _run_sequence(runtime, model, head, sequence, gmacs, neck, device, bar))
