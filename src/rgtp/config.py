@@ -143,7 +143,8 @@ class ViViTConfig:
     temporal_depth: int = 4
     num_heads: int = 12
     mlp_ratio: float = 4.0
-    num_classes: int = 400
+    num_classes: int = 400  # the main head (Kinetics classes, EPIC verbs)
+    num_nouns: int = 0  # EPIC-KITCHENS: a second head for nouns (0: none; the official EPIC checkpoint has 300)
     dropout: float = 0.0  # before the classifier (training only)
 
     def __post_init__(self) -> None:
@@ -154,6 +155,7 @@ class ViViTConfig:
         _check(self.num_frames % self.tubelet[0] == 0, f"num_frames {self.num_frames} not a multiple of tubelet")
         _check(self.embed_dim % self.num_heads == 0, f"embed_dim {self.embed_dim} not divisible by num_heads")
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        _check(self.num_classes >= 1 and self.num_nouns >= 0, "num_classes must be >= 1 and num_nouns >= 0")
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """ViViT factorised encoder (spec §1.2): a spatial ViT per tubelet step, then a temporal transformer over steps.
 
-The model knows nothing about pruning. :meth:`ViViT.forward` takes one view (B, 3, T, H, W); multi-view inference
-averages the logits of the views (:func:`predict_views`).
+The model knows nothing about pruning. :meth:`ViViT.forward` takes one view (B, 3, T, H, W) and returns logits
+(B, num_classes + num_nouns): the main head's, then the optional noun head's (EPIC-KITCHENS); :meth:`ViViT.split`
+separates them. Multi-view inference averages the logits of the views (:func:`predict_views`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class ViViT(nn.Module):
         self.temporal = Encoder(cfg.num_steps, d, cfg.temporal_depth, cfg.num_heads, cfg.mlp_ratio)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(d, cfg.num_classes)
+        self.head_noun = nn.Linear(d, cfg.num_nouns) if cfg.num_nouns else None
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -71,19 +73,33 @@ class ViViT(nn.Module):
         return x.flatten(3).permute(0, 2, 3, 1).contiguous()  # (B, steps, N, C)
 
     def classify(self, step_features: Tensor) -> Tensor:
-        """Temporal encoder and classifier: (B, steps, C) spatial class tokens -> (B, classes) logits."""
-        return self.head(self.dropout(self.temporal(step_features)))
+        """Temporal encoder and classifier(s): (B, steps, C) spatial class tokens -> (B, classes + nouns) logits."""
+        x = self.dropout(self.temporal(step_features))  # (B, C)
+        if self.head_noun is None:
+            return self.head(x)
+        return torch.cat([self.head(x), self.head_noun(x)], dim=-1)
 
-    def forward(self, clip: Tensor) -> Tensor:
-        """(B, 3, T, H, W) normalised clip -> (B, classes) logits."""
+    def split(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(..., classes + nouns) -> the main head's (..., classes) and the noun head's (..., nouns) or None."""
+        k = self.cfg.num_classes
+        return logits[..., :k], (logits[..., k:] if self.head_noun is not None else None)
+
+    def spatial_features(self, clip: Tensor) -> Tensor:
+        """The dense spatial encoder's class token per step: (B, 3, T, H, W) -> (B, steps, C)."""
         tokens = self.embed(clip)  # (B, steps, N, C)
         b, s, n, c = tokens.shape
-        cls = self.spatial(tokens.reshape(b * s, n, c)).view(b, s, c)  # (B, steps, C)
-        return self.classify(cls)
+        return self.spatial(tokens.reshape(b * s, n, c)).view(b, s, c)  # (B, steps, C)
+
+    def forward(self, clip: Tensor) -> Tensor:
+        """(B, 3, T, H, W) normalised clip -> (B, classes + nouns) logits."""
+        return self.classify(self.spatial_features(clip))
 
 
 def predict_views(logits: Tensor, num_views: int) -> Tensor:
-    """Average the logits of each clip's views, then softmax: (B * views, classes) -> (B, classes) probabilities."""
+    """Average the logits of each clip's views, then softmax: (B * views, classes) -> (B, classes) probabilities.
+
+    With a noun head, apply it to each head's part separately (:meth:`ViViT.split` first).
+    """
     if logits.shape[0] % num_views:
         raise ValueError(f"{logits.shape[0]} rows are not a multiple of {num_views} views")
-    return logits.view(-1, num_views, logits.shape[-1]).mean(dim=1).softmax(dim=-1)
+    return logits.view(-1, num_views, logits.shape[-1]).mean(dim=1).softmax(dim=-1)  # (B, views, K) -> (B, K)

@@ -64,11 +64,20 @@ class RGTPViViT:
 
     @torch.no_grad()
     def run_clip(self, clip: Tensor) -> ClipResult:
-        tokens = self.model.embed(clip)  # (B, steps, N, C)
-        state = StreamState()
-        steps = [self.step(tokens[:, t], state) for t in range(tokens.shape[1])]
+        steps = self.run_spatial(clip)
         logits = self.model.classify(torch.stack([s.cls for s in steps], dim=1))  # (B, steps, C) -> (B, classes)
         return ClipResult(logits, steps)
+
+    @torch.no_grad()
+    def run_spatial(self, clip: Tensor) -> list[StepResult]:
+        """The pruned spatial encoder over every step of fresh streams (one per view)."""
+        tokens = self.model.embed(clip)  # (B, steps, N, C)
+        state = StreamState()
+        return [self.step(tokens[:, t], state) for t in range(tokens.shape[1])]
+
+    def spatial_features(self, clip: Tensor) -> Tensor:
+        """The pruned spatial encoder's class token per step: (B, 3, T, H, W) -> (B, steps, C)."""
+        return torch.stack([s.cls for s in self.run_spatial(clip)], dim=1)
 
     @torch.no_grad()
     def step(self, embeds: Tensor, state: StreamState) -> StepResult:
