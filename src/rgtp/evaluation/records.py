@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["ResultLog", "ResumeError"]
+import torch
+
+__all__ = ["ResultLog", "ResumeError", "environment", "write_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +128,31 @@ class ResultLog:
                     return
                 end = start
             f.truncate(0)
+
+
+class _Result(Protocol):  # what write_results needs
+    preset: str
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def write_results(path: Path, results: list[_Result]) -> None:
+    """Write ``results`` (objects with ``preset`` and ``to_dict()``) to ``path`` atomically, keeping the entries of
+    other presets from earlier runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = {r.preset for r in results}
+    old = json.loads(path.read_text()) if path.is_file() else []
+    merged = [r for r in old if r.get("preset") not in new] + [r.to_dict() for r in results]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def environment() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "python": platform.python_version(),
+    }

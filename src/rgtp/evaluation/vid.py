@@ -13,7 +13,6 @@ scores the union.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from rgtp.build import build_model, build_runtime, load_weights
 from rgtp.config import Preset, ViTDetConfig, to_dict
 from rgtp.data.vid import VIDDataset, VIDFrame, VIDSequence, load_frame
 from rgtp.evaluation.dist import DistInfo, barrier, init_distributed, shard
-from rgtp.evaluation.records import ResultLog
+from rgtp.evaluation.records import ResultLog, environment, write_results
 from rgtp.flops import MacCounter
 from rgtp.metrics import check_backend, coco_map
 from rgtp.models.vitdet import Detections, ViTDet, preprocess_frame
@@ -200,7 +199,7 @@ def evaluate_vid(
         result = _evaluate_preset(dataset, preset, model, weights_name, out_dir, split, info, progress)
         if result is not None:
             results.append(result)
-            _write_results(out_dir / "results.json", results)
+            write_results(out_dir / "results.json", results)
     return results
 
 
@@ -295,30 +294,8 @@ def _score(dataset: VIDDataset, preset: Preset, weights: str, split: str, log: R
         fps=n / seconds if seconds > 0 else 0.0,
         full_fraction=sum(f["kind"] == FrameKind.FULL.value for f in frames) / max(n, 1),
         paper={} if reported is None else {"map50": reported.accuracy, "avg_gmacs": reported.avg_gmacs},
-        environment=_environment(),
+        environment=environment(),
     )
-
-
-def _environment() -> dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-        "python": platform.python_version(),
-    }
-
-
-def _write_results(path: Path, results: list[VIDResult]) -> None:
-    """Write ``results`` to ``path`` atomically, keeping the entries of other presets from earlier runs."""
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = {r.preset for r in results}
-    old = json.loads(path.read_text()) if path.is_file() else []
-    merged = [r for r in old if r.get("preset") not in new] + [r.to_dict() for r in results]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def results_table(results: Sequence[VIDResult]) -> str:
