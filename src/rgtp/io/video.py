@@ -27,7 +27,10 @@ __all__ = [
     "VideoDecodeError",
     "VideoInfo",
     "VideoWriter",
+    "read_clip",
     "read_frames",
+    "resize_short_side",
+    "short_side_size",
     "video_info",
 ]
 
@@ -195,6 +198,177 @@ def _decode(av: Any, path: Path, max_frames: int | None) -> Iterator[np.ndarray]
     if count == 0:
         raise VideoDecodeError(f"cannot decode video {path}: no decodable frames")
     logger.debug("decoded %d frames from %s", count, path)
+
+
+def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """``(height, width)`` scaled so that the short side equals ``short_side``, keeping the aspect ratio.
+
+    The long side is rounded to the nearest integer (halves up), as FFmpeg's
+    ``scale=S:S:force_original_aspect_ratio=increase`` does.
+    """
+    if short_side < 1:
+        raise ValueError(f"short_side must be >= 1, got {short_side}")
+    if height <= width:
+        return short_side, (2 * width * short_side + height) // (2 * height)
+    return (2 * height * short_side + width) // (2 * width), short_side
+
+
+def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
+    """Resize an RGB ``uint8`` image ``(H, W, 3)`` so that its short side is ``short_side`` (bilinear, antialiased).
+
+    Uses Pillow's bilinear filter, which widens its support when shrinking (antialiasing).  An image that already
+    has the requested size is returned unchanged.
+    """
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    new_h, new_w = short_side_size(height, width, short_side)
+    if (new_h, new_w) == (height, width):
+        return image
+    resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR)
+    return np.asarray(resized)
+
+
+def read_clip(
+    path: str | os.PathLike[str],
+    start: float | None = None,
+    stop: float | None = None,
+    *,
+    fps: float | None = None,
+    short_side: int | None = None,
+) -> np.ndarray:
+    """Decode the frames of a time range of a video, optionally resampled in time and resized.
+
+    Times are seconds from the start of the stream.  Without ``fps`` the result holds every decoded frame whose
+    timestamp ``t`` satisfies ``start <= t < stop`` (FFmpeg's ``-ss start -to stop`` input seeking).  With ``fps``
+    the range is resampled by timestamps: output frame ``k`` is the frame shown at ``t0 + k / fps`` (the last
+    frame with ``t <= t0 + k / fps``), where ``t0`` is the first frame in range, for every such time before
+    ``stop`` (or before the end of the last frame when ``stop`` is None); frames are dropped or repeated.
+
+    Args:
+        path: Path to a video file.
+        start: First time in seconds (None: from the first frame).  The decoder seeks to the keyframe before it.
+        stop: End time in seconds, exclusive (None: to the last frame).
+        fps: Output frame rate (None keeps the native frames).
+        short_side: Resize every frame so that its short side has this many pixels (None keeps the size).
+
+    Returns:
+        ``(T, H, W, 3)`` ``uint8`` RGB frames, ``T >= 1``.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: On an invalid range, ``fps`` or ``short_side``.
+        VideoDecodeError: If the file cannot be decoded or has no frame in the range (the message names the file).
+        ImportError: If PyAV (or Pillow, with ``short_side``) is not installed.
+    """
+    av = _import_av()
+    p = _check_readable(path)
+    if start is not None and (not math.isfinite(start) or start < 0):
+        raise ValueError(f"start must be a finite time >= 0 or None, got {start}")
+    if stop is not None and (not math.isfinite(stop) or stop <= (start or 0.0)):
+        raise ValueError(f"stop must be a finite time after start ({start}), got {stop}")
+    if fps is not None and (not math.isfinite(fps) or fps <= 0):
+        raise ValueError(f"fps must be a positive finite number or None, got {fps}")
+    if short_side is not None and short_side < 1:
+        raise ValueError(f"short_side must be >= 1 or None, got {short_side}")
+    container = _open_for_reading(av, p)
+    try:
+        out = list(_select_frames(av, container, p, start, stop, fps, short_side))
+    finally:
+        container.close()
+    if not out:
+        where = "" if start is None and stop is None else f" in [{start}, {stop}) s"
+        raise VideoDecodeError(f"cannot decode video {p}: no decodable frames{where}")
+    logger.debug("decoded %d frames of %s [%s, %s) at fps=%s", len(out), p, start, stop, fps)
+    return np.stack(out)  # (T, H, W, 3)
+
+
+def _timed_frames(av: Any, container: Any, path: Path, start: float | None) -> Iterator[tuple[float, float, Any]]:
+    """Decoded frames of the first video stream as ``(time, duration, frame)``, seeking to ``start`` first."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    base = stream.time_base
+    origin = stream.start_time or 0  # timestamps are relative to the stream start, like FFmpeg's -ss
+    native = _stream_fps(stream)
+    try:
+        if start and base:
+            container.seek(origin + int(start / base), stream=stream, backward=True)
+        for index, frame in enumerate(container.decode(stream)):
+            if frame.pts is not None and base:
+                time = float((frame.pts - origin) * base)
+            else:  # no timestamps: assume a constant frame rate
+                time = index / native if native else float(index)
+            duration = float(frame.duration * base) if frame.duration and base else (1 / native if native else 0.0)
+            yield time, duration, frame
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise VideoDecodeError(f"cannot decode video {path}: {exc}") from exc
+
+
+_EPS = 1e-6  # seconds: a timestamp within _EPS of a boundary counts as on it
+
+
+def _in_range(
+    timed: Iterator[tuple[float, float, Any]], start: float | None, stop: float | None
+) -> Iterator[tuple[float, float, Any]]:
+    """The ``(time, duration, frame)`` items with ``start <= time < stop`` (stops reading at ``stop``)."""
+    lo = -math.inf if start is None else start - _EPS
+    hi = math.inf if stop is None else stop - _EPS
+    for item in timed:
+        if item[0] >= hi:
+            break
+        if item[0] >= lo:
+            yield item
+
+
+def _resample(timed: Iterator[tuple[float, float, Any]], fps: float, stop: float | None) -> Iterator[Any]:
+    """Frames shown at ``t0 + k / fps`` (``t0``: first time), until the last frame ends or ``stop``.
+
+    Each output time takes the last frame whose time is ``<=`` it, so frames are dropped or repeated.
+    """
+    step = 1.0 / fps
+    origin: float | None = None
+    count = 0  # output frames so far
+    held: Any = None  # latest frame read
+    held_end = 0.0  # its time plus its duration
+    for time, duration, frame in timed:
+        if origin is None:
+            origin = time
+        while held is not None and origin + count * step < time - _EPS:  # output times still showing `held`
+            yield held
+            count += 1
+        held, held_end = frame, time + (duration if duration > 0 else step)
+    if origin is None:
+        return
+    end = held_end if stop is None else min(held_end, stop)
+    while origin + count * step < end - _EPS:
+        yield held
+        count += 1
+
+
+def _select_frames(
+    av: Any,
+    container: Any,
+    path: Path,
+    start: float | None,
+    stop: float | None,
+    fps: float | None,
+    short_side: int | None,
+) -> Iterator[np.ndarray]:
+    """The (resized) RGB frames of :func:`read_clip`; a repeated frame is converted once."""
+    timed = _in_range(_timed_frames(av, container, path, start), start, stop)
+    frames = (frame for _, _, frame in timed) if fps is None else _resample(timed, fps, stop)
+    last: Any = None
+    array = np.empty((0, 0, 3), dtype=np.uint8)
+    for frame in frames:
+        if frame is not last:
+            try:
+                array = frame.to_ndarray(format="rgb24")
+            except (av.error.FFmpegError, ValueError, OSError) as exc:
+                raise VideoDecodeError(f"cannot decode video {path}: {exc}") from exc
+            if short_side is not None:
+                array = resize_short_side(array, short_side)
+            last = frame
+        yield array
 
 
 class VideoWriter:
