@@ -12,6 +12,40 @@ Supported sources:
   ``embedding.conv``, ``backbone.blocks.i.qkv``, ``pyramid.stages.k.j``...).
 * ``vitdet-coco``: detectron2's COCO ViTDet-B (``model_final_*.pkl`` of the ViTDet project, numpy arrays in a
   pickle): backbone and pyramid only, as a starting point for fine-tuning; the COCO heads are dropped.
+* ``vivit-k400`` / ``vivit-epic``: TAdaConv's ViViT-B/16x2 factorised encoder (``.pyth`` files, ``model_state``),
+  trained on Kinetics-400 (one classifier) or EPIC-KITCHENS-100 (verb and noun classifiers). The EPIC noun head
+  becomes ``head_noun`` when the target has ``num_nouns=300``; otherwise it is dropped (and logged), as in the paper.
+
+The TAdaConv layout, from the public source of alibaba-mmai-research/TAdaConv:
+
+* ``models/base/models.py``: ``BaseVideoModel`` holds ``backbone`` and ``head``, hence the two key prefixes.
+  ``utils/checkpoint.py`` (``save_checkpoint``) saves ``model.module.state_dict()`` under multi-GPU training (no
+  ``module.`` prefix) as ``{"epoch", "model_state", "optimizer_state", "cfg"}`` plus ``"model_ema_state"`` when EMA is
+  on (the K400 recipe enables it); like the reference converter we read ``model_state``.
+* ``models/module_zoo/stems/embedding_stem.py``: ``TubeletEmbeddingStem.conv1`` is a Conv3d 3 -> 768 with kernel =
+  stride = (2, 16, 16): ``backbone.stem.conv1.{weight (768, 3, 2, 16, 16), bias}``. Its output is flattened (C, t, h, w)
+  -> (t*h*w, C) and split per step ("b (t n) c -> (b t) n c"), the same token order as ours.
+* ``models/base/transformer.py``, ``FactorizedTransformer`` (``configs/pool/backbone/vivit_fac_enc.yaml``: 768 wide,
+  12 spatial + 4 temporal layers, 12 heads, MLP x4, ``BaseTransformerLayer``):
+
+  * ``pos_embd`` (1, n + 1, 768), n = (crop / 16)^2 (197 at 224, 401 at 320); ``cls_token`` (1, 1, 768) is prepended
+    before ``pos_embd`` is added, so row 0 is the class slot, as in our ``pos_embed``.
+  * ``temp_embd`` (1, frames / 2 + 1, 768) = (1, 17, 768) and ``cls_token_out`` (1, 1, 768): the same for the temporal
+    encoder. ``norm`` / ``norm_out`` are the spatial / temporal final LayerNorms (eps 1e-6).
+  * ``layers.i`` / ``layers_temporal.i`` (``nn.Sequential``): ``norm``, ``attn.to_qkv`` (768 -> 2304),
+    ``attn.proj``, ``norm_ffn``, ``ffn.net.0`` (768 -> 3072) and ``ffn.net.3`` (3072 -> 768); ``ffn.net.{1,2,4}`` are
+    GELU and dropouts (no weights). LayerNorm eps 1e-6, pre-norm residuals as in our ``Block``. The attention reshapes
+    ``to_qkv`` output as (B, N, 3, heads, C / heads): the [3][heads][64] channel layout of our ``attn.qkv``, so no
+    permutation is needed. (It scales q.k by 1/8 after the product; ours scales q first: the same up to rounding.)
+  * A ``new_pos_embd`` attribute for other input sizes is a plain tensor attribute, not in the state dict.
+
+* ``models/module_zoo/heads/transformer_head.py``: ``TransformerHead.linear`` (768 -> 400 on K400) and
+  ``TransformerHeadx2.linear1`` (verbs, 97) / ``linear2`` (nouns, 300) for EPIC (``configs/projects/epic-kitchen-ar``,
+  ``NUM_CLASSES: [97, 300]``). Dropout and the eval-time softmax have no weights. ``pre_logits`` (``PRE_LOGITS:
+  false`` in the ViViT configs) would add ``head.pre_logits*.fc``; we have no such layer, so such a file is refused.
+
+Every ViViT tensor is copied unchanged: no key of a ViViT-B checkpoint needs a transform, and none is dropped except
+the EPIC noun head when the target has none.
 """
 
 from __future__ import annotations
@@ -30,9 +64,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rgtp.config import ViTDetConfig
+from rgtp.config import ModelConfig, ViTDetConfig, ViViTConfig, to_dict
 
 __all__ = [
+    "EPIC_NOUNS",
     "SOURCES",
     "ConversionError",
     "ConversionReport",
@@ -53,10 +88,15 @@ class ConversionError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    """Rename keys matching ``pattern`` (a full-match regex) to ``replacement`` (``re`` syntax), or drop them."""
+    """Rename keys matching ``pattern`` (a full-match regex) to ``replacement`` (``re`` syntax), or drop them.
+
+    ``if_absent``: the target is an optional part of our model; when the target model lacks it, the key is dropped
+    and this note is logged instead of an error.
+    """
 
     pattern: str
     replacement: str | None
+    if_absent: str | None = None
 
     def apply(self, key: str) -> tuple[bool, str | None]:
         m = re.fullmatch(self.pattern, key)
@@ -146,11 +186,63 @@ _EVENTFUL = [
     ),
 ]
 
+# TAdaConv's ViViT factorised encoder (see the module docstring): backbone.{layers, layers_temporal}.i.* per block.
+_TADA_BLOCK = {
+    "norm": "norm1",
+    "attn.to_qkv": "attn.qkv",  # (3 * C, C) in the [3][heads][head_dim] layout, like ours
+    "attn.proj": "attn.proj",
+    "norm_ffn": "norm2",
+    "ffn.net.0": "mlp.fc1",
+    "ffn.net.3": "mlp.fc2",
+}
+
+
+def _tada_encoder(ours: str, layers: str, cls: str, pos: str, norm: str) -> list[Rule]:
+    """Rules for one of TAdaConv's two encoders (their names) onto our ``spatial`` / ``temporal`` :class:`Encoder`."""
+    return [
+        Rule(rf"backbone\.{cls}", f"{ours}.cls_token"),
+        Rule(rf"backbone\.{pos}", f"{ours}.pos_embed"),  # (1, 1 + n, C), class slot first like ours: unchanged
+        Rule(rf"backbone\.{norm}\.(weight|bias)", rf"{ours}.norm.\1"),
+        *(
+            Rule(rf"backbone\.{layers}\.(\d+)\.{re.escape(theirs)}\.(weight|bias)", rf"{ours}.blocks.\1.{mine}.\2")
+            for theirs, mine in _TADA_BLOCK.items()
+        ),
+    ]
+
+
+_VIVIT = [
+    Rule(r"backbone\.stem\.conv1\.(weight|bias)", r"patch_embed.\1"),
+    *_tada_encoder("spatial", "layers", "cls_token", "pos_embd", "norm"),
+    *_tada_encoder("temporal", "layers_temporal", "cls_token_out", "temp_embd", "norm_out"),
+]
+EPIC_NOUNS = 300  # classes of the EPIC-KITCHENS-100 noun head (TAdaConv's head.linear2)
+_K400_HEAD = [Rule(r"head\.linear\.(weight|bias)", r"head.\1")]
+_EPIC_HEADS = [
+    Rule(r"head\.linear1\.(weight|bias)", r"head.\1"),  # verbs
+    Rule(
+        r"head\.linear2\.(weight|bias)",
+        r"head_noun.\1",
+        if_absent=f"the EPIC noun head (head.linear2, {EPIC_NOUNS} nouns) is dropped: the target model has no noun "
+        f"head (the paper discards it; `rgtp convert vivit --source epic --nouns` keeps it)",
+    ),
+]
+_VIVIT_PARTS = ("patch_embed", "spatial", "temporal", "head")
+
 SOURCES: dict[str, tuple[list[Rule], tuple[str, ...]]] = {
-    # name: (rules, parts of our model the checkpoint provides)
+    # name: (rules, parts of our model the checkpoint can provide)
     "vitdet-vid": (_BACKBONE + _NEVER_PARAMETERS + _VID_HEAD, ("net", "pyramid", "head")),
     "vitdet-coco": (_BACKBONE + _NEVER_PARAMETERS + _COCO_HEADS, ("net", "pyramid")),
     "vitdet-eventful": (_EVENTFUL + _NEVER_PARAMETERS + _VID_HEAD, ("net", "pyramid", "head")),
+    "vivit-k400": (_VIVIT + _K400_HEAD, _VIVIT_PARTS),
+    "vivit-epic": (_VIVIT + _EPIC_HEADS, (*_VIVIT_PARTS, "head_noun")),
+}
+# The target architecture when none is given; a given one must be of the same family.
+_DEFAULT_TARGETS: dict[str, ModelConfig] = {
+    "vitdet-vid": ViTDetConfig(),
+    "vitdet-coco": ViTDetConfig(),
+    "vitdet-eventful": ViTDetConfig(),
+    "vivit-k400": ViViTConfig(img_size=224, num_classes=400),
+    "vivit-epic": ViViTConfig(img_size=320, num_classes=97),
 }
 _TRANSFORMS: dict[str, Callable[[Tensor], Tensor]] = {"net.pos_embed": _cls_free_pos_embed}
 
@@ -235,6 +327,7 @@ def convert_state(
     out: dict[str, Tensor] = {}
     origin: dict[str, str] = {}
     dropped, unmatched, duplicate, unknown, wrong = [], [], [], [], []
+    notes: dict[str, list[str]] = {}  # if_absent note -> keys dropped for it
     for key, value in source.items():
         for rule in rules:
             matched, target = rule.apply(key)
@@ -243,6 +336,9 @@ def convert_state(
         else:
             unmatched.append(key)
             continue
+        if target is not None and target not in expected and rule.if_absent is not None:
+            notes.setdefault(rule.if_absent, []).append(key)
+            target = None
         if target is None:
             dropped.append(key)
             continue
@@ -269,39 +365,64 @@ def convert_state(
     ]
     if text:
         raise ConversionError(f"{name} does not map onto the model: " + " | ".join(text))
+    for note, keys in notes.items():
+        logger.info("%s (%s)", note, ", ".join(keys))
     return out, dropped
 
 
-def _expected(source: str, cfg: ViTDetConfig | None) -> dict[str, torch.Size]:
+def _target(source: str, cfg: ModelConfig | None) -> tuple[ModelConfig, dict[str, torch.Size], tuple[str, ...]]:
+    """The target architecture for ``source``: its config, parameter shapes (meta tensors) and provided parts."""
     from rgtp.models.vitdet import ViTDet
+    from rgtp.models.vivit import ViViT
 
+    if source not in SOURCES:
+        raise ConversionError(f"unknown checkpoint source {source!r}; known: {sorted(SOURCES)}")
     _, parts = SOURCES[source]
-    cfg = cfg or ViTDetConfig()
-    if "head" not in parts:
-        cfg = dataclasses.replace(cfg, head=None)
-    elif cfg.head is None:
-        raise ConversionError(f"{source} includes a detection head but the target config has head=None")
+    default = _DEFAULT_TARGETS[source]
+    cfg = cfg or default
+    if type(cfg) is not type(default):
+        raise ConversionError(f"{source} converts into a {type(default).__name__} model, not a {type(cfg).__name__}")
+    if isinstance(cfg, ViTDetConfig):
+        if "head" not in parts:
+            cfg = dataclasses.replace(cfg, head=None)
+        elif cfg.head is None:
+            raise ConversionError(f"{source} includes a detection head but the target config has head=None")
     with torch.device("meta"):
-        model = ViTDet(cfg)
-    return {k: v.shape for k, v in model.state_dict().items()}
+        model = ViTDet(cfg) if isinstance(cfg, ViTDetConfig) else ViViT(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    modules = {k.split(".")[0] for k in expected}  # the checkpoint provides every part of the target model
+    return cfg, expected, tuple(p for p in parts if p in modules)
 
 
 def convert_checkpoint(
-    src: str | Path, dst: str | Path, source: str = "vitdet-vid", cfg: ViTDetConfig | None = None, trust: bool = False
+    src: str | Path,
+    dst: str | Path,
+    source: str = "vitdet-vid",
+    cfg: ModelConfig | None = None,
+    trust: bool = False,
 ) -> ConversionReport:
     """Convert ``src`` (an official checkpoint of kind ``source``) into an rgtp checkpoint at ``dst``.
 
-    ``cfg`` is the target architecture (default: ViTDet-B with the VID head; the input size does not change any
-    parameter shape, so one file serves the 672 and 1024 presets). The output is ``{"model": state_dict,
-    "rgtp_meta": {...}}``; ``rgtp_meta["parts"]`` lists the parts it provides (a COCO backbone leaves the head out).
+    ``cfg`` is the target architecture, of the source's family (default: ViTDet-B with the VID head; ViViT-B for
+    Kinetics-400 (224, 400 classes) or EPIC-KITCHENS (320, 97 verbs, no noun head)). For ViTDet the input size does
+    not change any parameter shape, so one file serves the 672 and 1024 presets; for ViViT it does (the position
+    table). The output is ``{"model": state_dict, "rgtp_meta": {...}}``; ``rgtp_meta`` records the ``source``, the
+    ``parts`` of the model it provides (a COCO backbone leaves the head out), the keys ``dropped`` on purpose and the
+    target model (``family`` and ``config``, e.g. ``config["num_nouns"]`` for a kept EPIC noun head).
     """
-    if source not in SOURCES:
-        raise ConversionError(f"unknown checkpoint source {source!r}; known: {sorted(SOURCES)}")
-    rules, parts = SOURCES[source]
+    cfg, expected, parts = _target(source, cfg)
+    rules, _ = SOURCES[source]
     state = read_checkpoint(src, trust)
-    converted, dropped = convert_state(state, rules, _expected(source, cfg), name=str(src))
+    converted, dropped = convert_state(state, rules, expected, name=str(src))
     report = ConversionReport(source, len(converted), dropped, parts)
-    meta = {"source": source, "from": Path(src).name, "parts": list(parts), "dropped": dropped}
+    meta = {
+        "source": source,
+        "from": Path(src).name,
+        "parts": list(parts),
+        "dropped": dropped,
+        "family": "vitdet" if isinstance(cfg, ViTDetConfig) else "vivit",
+        "config": to_dict(cfg),
+    }
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": {k: v.contiguous() for k, v in converted.items()}, "rgtp_meta": meta}, dst)
