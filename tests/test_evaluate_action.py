@@ -128,3 +128,106 @@ def test_wrong_class_count_is_refused(tmp_path: Path) -> None:
     dataset.classes = dataset.classes[:3]
     with pytest.raises(ValueError, match="predicts 9 classes but the dataset has 3"):
         evaluate_action("vivit-k400", dataset, [DENSE], None, tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The command line on a generated Kinetics-400 layout, in one process and under torchrun
+
+
+K400_MODEL = dataclasses.replace(TINY_VIVIT, num_classes=400)
+
+
+@pytest.fixture
+def k400_root(tmp_path: Path) -> Path:
+    """A val split of 5 clips: 4 short mp4 files and one whose file is missing."""
+    pytest.importorskip("av")
+    from rgtp.data.kinetics import KINETICS400_CLASSES
+    from rgtp.io.video import VideoWriter
+
+    root = tmp_path / "k400"
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    for i in range(5):
+        label = KINETICS400_CLASSES[7 * i]
+        rows.append(f"{label},vid{i},{i},{i + 10},val")
+        if i == 3:
+            continue  # missing
+        path = root / "val" / f"vid{i}_{i:06d}_{i + 10:06d}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frames = np.random.default_rng(i).integers(0, 256, size=(12 + 4 * i, 40, 56, 3), dtype=np.uint8)
+        with VideoWriter(path, 25.0) as writer:
+            for frame in frames:
+                writer.write(frame)
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "val.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _cli_args(tmp_path: Path, root: Path) -> list[str]:
+    from rgtp.config import save_config
+
+    config = tmp_path / "tiny_k400.json"
+    save_config(Preset("tiny_k400", K400_MODEL, vivit_rgtp(keep_ratio=0.5), temporal_stride=2), config)
+    weights = tmp_path / "k400.pth"
+    torch.save({"model": _model(Preset("x", K400_MODEL), seed=5).state_dict()}, weights)
+    return [
+        "evaluate",
+        "vivit-k400",
+        "--config",
+        str(config),
+        "--weights",
+        str(weights),
+        "--data",
+        str(root),
+        "--quiet",
+    ]
+
+
+def test_cli_evaluate_k400(k400_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rgtp.cli import main
+
+    assert main([*_cli_args(tmp_path, k400_root), "--out-dir", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "| tiny_k400 | 4 | 1 |" in printed
+    result = json.loads((tmp_path / "out" / "results.json").read_text())[0]
+    assert (
+        list(result["failed_ids"]) == ["vid3_000003_000013"]
+        and "not found" in result["failed_ids"]["vid3_000003_000013"]
+    )
+
+
+def test_torchrun_two_processes_match_one_k400(k400_root: Path, tmp_path: Path) -> None:
+    """Sharded evaluation with 2 CPU processes (gloo): the same per-clip predictions and accuracy as one process."""
+    import os
+    import subprocess
+    import sys
+
+    from rgtp.cli import main
+
+    common = _cli_args(tmp_path, k400_root)
+    assert main([*common, "--out-dir", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rgtp"]
+    proc = subprocess.run(
+        [*cmd, *common, "--out-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = sorted((tmp_path / "two" / "tiny_k400").glob("part-*.jsonl"))
+    assert [p.name for p in parts] == ["part-000.jsonl", "part-001.jsonl"]
+
+    def predictions(run: str) -> dict[str, list[int]]:
+        lines = [
+            json.loads(x)
+            for p in sorted((tmp_path / run / "tiny_k400").glob("part-*.jsonl"))
+            for x in p.read_text().splitlines()[1:]
+        ]
+        return {r["key"]: r.get("top", r.get("error")) for r in lines}
+
+    assert predictions("two") == predictions("one")
+    one = json.loads((tmp_path / "one" / "results.json").read_text())[0]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())[0]
+    assert (two["clips"], two["failed"], two["top1"], two["top5"]) == (
+        one["clips"],
+        one["failed"],
+        one["top1"],
+        one["top5"],
+    )
