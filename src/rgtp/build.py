@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from rgtp.config import Preset, ViTDetConfig
+from rgtp.config import Preset, ViTDetConfig, ViViTConfig
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.runtime import DenseViTDet, RGTPViTDet, RGTPViViT
 
-__all__ = ["WeightsError", "build_model", "build_runtime", "load_weights"]
+__all__ = ["WeightsError", "build_model", "build_runtime", "load_weights", "with_weights_nouns"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,27 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise WeightsError(f"weights {path} do not fit the model: " + " | ".join(problems))
     model.load_state_dict(state, strict=not parts)
     logger.info("loaded %d tensors from %s", len(state), path)
+
+
+def _weights_num_nouns(weights: str | Path | None) -> int:
+    """The size of the noun head stored in ``weights`` (0 if none or no file)."""
+    if weights is None or not Path(weights).is_file():
+        return 0
+    obj = torch.load(weights, map_location="meta", weights_only=True)
+    state = obj.get("model", obj) if isinstance(obj, dict) else {}
+    noun = state.get("head_noun.weight") if isinstance(state, dict) else None
+    return int(noun.shape[0]) if isinstance(noun, torch.Tensor) else 0
+
+
+def with_weights_nouns(preset: Preset, weights: str | Path | None) -> Preset:
+    """The preset with the noun head that ``weights`` carry (EPIC checkpoints converted with ``--nouns``), so that
+    the strict :func:`load_weights` accepts them."""
+    cfg = preset.model
+    nouns = _weights_num_nouns(weights)
+    if not isinstance(cfg, ViViTConfig) or not nouns or cfg.num_nouns == nouns:
+        return preset
+    logger.info("%s: the weights have a %d-class noun head; building it", preset.name, nouns)
+    return dataclasses.replace(preset, model=dataclasses.replace(cfg, num_nouns=nouns))
 
 
 def _some(keys: list[str], n: int = 8) -> str:

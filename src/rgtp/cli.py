@@ -8,9 +8,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
-from rgtp.config import ConfigError, Preset, ViTDetConfig, load_config, override, save_config, to_dict
+from rgtp.config import ConfigError, Preset, load_config, override, save_config, to_dict
 
 __all__ = ["main"]
 
@@ -27,11 +28,13 @@ def _resolve(args: argparse.Namespace) -> Preset:
     return preset
 
 
-def _add_preset_args(p: argparse.ArgumentParser, positional: bool) -> None:
+def _add_preset_args(
+    p: argparse.ArgumentParser, positional: bool, default: str | None = "vitdet_vid_672_keep512"
+) -> None:
     if positional:
         p.add_argument("preset", nargs="?", help="preset name (see `rgtp presets`)")
     else:
-        p.add_argument("--preset", default="vitdet_vid_672_keep512", help="preset name (see `rgtp presets`)")
+        p.add_argument("--preset", default=default, help="preset name (see `rgtp presets`)")
     p.add_argument("--config", help="a preset saved as YAML/JSON (instead of a preset name)")
     p.add_argument(
         "--set",
@@ -116,10 +119,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rgtp.data.vid import VIDDataset
-    from rgtp.evaluation.dist import cleanup
-    from rgtp.evaluation.vid import evaluate_vid, results_table
+_EVALUATE_DEFAULTS = {  # task: (default preset, default split, dataset)
+    "vitdet-vid": ("vitdet_vid_672_keep512", "vid_val", "vid"),
+    "vivit-k400": ("vivit_k400_keep049", "val", "kinetics400"),
+    "vivit-epic": ("vivit_epic_fg180_bg016", "validation", "epic-kitchens"),
+}
+
+
+def _evaluate_presets(args: argparse.Namespace) -> list[Preset]:
     from rgtp.presets import get_preset
 
     if args.presets:
@@ -128,43 +135,221 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         presets = [get_preset(name.strip()) for name in args.presets.split(",") if name.strip()]
         for assignment in args.set or []:
             presets = [override(p, assignment) for p in presets]
-    else:
-        presets = [_resolve(args)]
+        return presets
+    if args.preset is None and args.config is None:
+        args.preset = _EVALUATE_DEFAULTS[args.task][0]
+    return [_resolve(args)]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rgtp.evaluation.dist import cleanup
+
+    presets = _evaluate_presets(args)
+    split = args.split or _EVALUATE_DEFAULTS[args.task][1]
+    args.out_dir = args.out_dir or f"eval_{args.task.split('-')[-1]}"
     first = os.environ.get("RANK", "0") == "0"  # under torchrun only the first process shows progress
-    dataset = VIDDataset(
-        args.data,
-        split=args.split,
-        layout=args.layout,
-        max_sequences=args.max_sequences,
-        progress=None if first and not args.quiet else False,
-    )
-    logger.info("%s: %d sequences, %d frames", args.data, len(dataset), dataset.num_frames)
     try:
-        results = evaluate_vid(
-            dataset, presets, args.weights, args.out_dir, split=args.split, device=args.device, progress=not args.quiet
-        )
+        if args.task == "vitdet-vid":
+            from rgtp.data.vid import VIDDataset
+            from rgtp.evaluation.vid import evaluate_vid, results_table
+
+            dataset = VIDDataset(
+                args.data,
+                split=split,
+                layout=args.layout,
+                max_sequences=args.max_items,
+                progress=None if first and not args.quiet else False,
+            )
+            logger.info("%s: %d sequences, %d frames", args.data, len(dataset), dataset.num_frames)
+            evaluate = evaluate_vid
+            table = results_table
+            what = "mAP"
+        else:
+            from rgtp.data.registry import build_action_dataset
+            from rgtp.evaluation.action import action_table, evaluate_action
+
+            options = {k: v for k, v in (("fps", args.fps), ("short_side", args.short_side)) if v is not None}
+            dataset = build_action_dataset(_EVALUATE_DEFAULTS[args.task][2], args.data, split, **options)
+            if args.max_items is not None:
+                dataset.clips = dataset.clips[: args.max_items]
+            logger.info("%s: %d clips", args.data, len(dataset))
+            evaluate = partial(evaluate_action, args.task)
+            table = action_table
+            what = "accuracy"
+        results = evaluate(dataset, presets, args.weights, args.out_dir, split, args.device, not args.quiet)
     finally:
         cleanup()
     if results:
-        print(results_table(results))
+        print(table(results))
         print(f"\nresults: {Path(args.out_dir) / 'results.json'}")
         if args.weights is None:
-            print("NOTE: random weights (no --weights): mAP is meaningless; compute and speed are real.")
+            print(f"NOTE: random weights (no --weights): {what} is meaningless; compute and speed are real.")
     return 0
+
+
+# `rgtp convert MODEL`: its sources (the first is the default) and the default target preset per source.
+_CONVERT_SOURCES = {"vitdet": ("vid", "coco", "eventful"), "vivit": ("k400", "epic")}
+_CONVERT_PRESETS = {
+    "vitdet": "vitdet_vid_672_keep512",
+    "vivit-k400": "vivit_k400_base",
+    "vivit-epic": "vivit_epic_base",
+}
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from rgtp.convert import convert_checkpoint
+    import dataclasses
 
+    from rgtp.convert import EPIC_NOUNS, convert_checkpoint
+
+    source = args.source or _CONVERT_SOURCES[args.model][0]
+    if source not in _CONVERT_SOURCES[args.model]:
+        raise ConfigError(f"--source {source} is not a {args.model} source; choose from {_CONVERT_SOURCES[args.model]}")
+    name = f"{args.model}-{source}"
+    if not args.preset and not args.config:
+        args.preset = _CONVERT_PRESETS.get(name) or _CONVERT_PRESETS[args.model]
     preset = _resolve(args)
-    if not isinstance(preset.model, ViTDetConfig):
-        raise ConfigError(f"preset {preset.name} is not a ViTDet model")
-    report = convert_checkpoint(
-        args.src, args.dst, source=f"vitdet-{args.source}", cfg=preset.model, trust=args.trust_pickle
-    )
+    if preset.family != args.model:
+        raise ConfigError(f"preset {preset.name} is not a {args.model} model")
+    cfg = preset.model
+    if args.nouns:
+        if name != "vivit-epic":
+            raise ConfigError("--nouns keeps the EPIC-KITCHENS noun head: it needs `vivit --source epic`")
+        cfg = dataclasses.replace(cfg, num_nouns=EPIC_NOUNS)  # type: ignore[arg-type]
+    report = convert_checkpoint(args.src, args.dst, source=name, cfg=cfg, trust=args.trust_pickle)
     print(report.summary())
     print(f"wrote {args.dst}")
     return 0
+
+
+# --- `rgtp cache-spatial` and `rgtp train` (the logic lives in rgtp.training) ----------------------------------------
+
+
+def _action_dataset(args: argparse.Namespace, preset: Preset, split: str) -> object:
+    """The --dataset (default: the preset's) split, with the reader options and --max-items applied."""
+    from rgtp.data.registry import build_action_dataset, dataset_for_preset
+
+    options = {k: v for k, v in (("fps", args.fps), ("short_side", args.short_side)) if v is not None}
+    dataset = build_action_dataset(args.dataset or dataset_for_preset(preset.name), args.data, split, **options)
+    if args.max_items is not None:
+        dataset.clips = dataset.clips[: args.max_items]
+    logger.info("%s %s: %d clips", args.data, split, len(dataset))
+    return dataset
+
+
+def cmd_cache_spatial(args: argparse.Namespace) -> int:
+    from rgtp.evaluation.dist import cleanup
+    from rgtp.training import cache_spatial
+
+    preset = _resolve(args)
+    try:
+        dataset = _action_dataset(args, preset, args.split)
+        summary = cache_spatial(
+            dataset,  # type: ignore[arg-type]
+            preset,
+            args.weights,
+            args.out,
+            args.split,
+            args.dtype,
+            args.device,
+            not args.quiet,
+        )
+    finally:
+        cleanup()
+    if os.environ.get("RANK", "0") == "0":
+        failed = f"; {len(summary.failed)} could not be read (listed in meta.json)" if summary.failed else ""
+        print(f"{summary.written} of {summary.count} clips cached in {summary.directory}{failed}")
+    return 0
+
+
+def _train_preset(args: argparse.Namespace) -> Preset:
+    """The named preset (or --config); for `train temporal` without one, the preset the cache was made with."""
+    from rgtp.training import cached_preset
+
+    if args.preset or args.config:
+        return _resolve(args)
+    preset = cached_preset(args.cache)
+    for assignment in args.set or []:
+        preset = override(preset, assignment)
+    return preset
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rgtp.evaluation.dist import cleanup
+    from rgtp.training import default_splits, make_config, recipe_for, train_temporal, train_vivit
+
+    preset = _train_preset(args)
+    names = ("lr", "epochs", "batch_size", "weight_decay", "dropout", "seed", "max_steps", "workers")
+    overrides = {k: getattr(args, k) for k in names}
+    cfg = make_config(recipe_for(preset, args.recipe), double_softmax=args.double_softmax or None, **overrides)
+    default_train, default_val = default_splits(cfg, preset)
+    splits = (args.train_split or default_train, args.val_split or default_val)
+    progress = not args.quiet
+    try:
+        if args.mode == "temporal":
+            result = train_temporal(args.cache, args.out, preset, args.weights, cfg, splits, args.device, progress)
+        else:
+            train, val = (_action_dataset(args, preset, s) for s in splits)
+            result = train_vivit(train, val, args.out, preset, args.weights, cfg, args.device, progress)  # type: ignore[arg-type]
+    finally:
+        cleanup()
+    if os.environ.get("RANK", "0") == "0":
+        last, best = result.history[-1], result.best
+        print(
+            f"epoch {last['epoch']}: val top-1 {last['val']['top1']:.2f}; best top-1 {best['top1']:.2f} at epoch "
+            f"{best['epoch']}\nweights: {result.out_dir / 'last.pt'}, {result.out_dir / 'best.pt'}"
+        )
+    return 0
+
+
+def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def data_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--dataset", help="kinetics400 or epic-kitchens (default: the preset's)")
+        q.add_argument("--data", "--data-path", "--data_path", dest="data", required=True, help="dataset root")
+        q.add_argument("--fps", type=float, help="Kinetics: decode at this frame rate (default 25, as the paper)")
+        q.add_argument("--short-side", type=int, help="resize frames at decode time (default: the crop size)")
+        q.add_argument("--max-items", type=int, help="only the first N clips (of each split)")
+
+    def common_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--device", default="cpu", help="cpu or cuda (cuda:<local rank> under torchrun)")
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("cache-spatial", help="cache spatial features of a split for `rgtp train temporal` (resumable)")
+    _add_preset_args(p, positional=False, default=None)
+    p.add_argument("--weights", help="model weights (rgtp state dict); random if omitted")
+    data_args(p)
+    p.add_argument("--split", required=True, help="split to cache (e.g. train, val, validation)")
+    p.add_argument("--out", required=True, help="cache directory: features go to OUT/<split>/<index>.npz")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored feature precision")
+    common_args(p)
+    p.set_defaults(fn=cmd_cache_spatial)
+
+    p = sub.add_parser("train", help="fine-tune the temporal model on cached features, or train the whole ViViT")
+    modes = p.add_subparsers(dest="mode", required=True)
+    temporal = modes.add_parser("temporal", help="temporal encoder + classifier on a spatial-feature cache (§12.5)")
+    temporal.add_argument("--cache", required=True, help="directory written by `rgtp cache-spatial`")
+    _add_preset_args(temporal, positional=False, default="")  # default: the preset the cache was made with
+    temporal.add_argument("--weights", required=True, help="starting weights (rgtp state dict)")
+    temporal.add_argument("--epochs", type=int, help="default: the recipe's")
+    whole = modes.add_parser("vivit", help="the whole ViViT on decoded clips (one random view per clip)")
+    _add_preset_args(whole, positional=False, default=None)
+    whole.add_argument("--weights", help="starting weights (rgtp state dict); random if omitted")
+    whole.add_argument("--epochs", type=int, required=True)
+    data_args(whole)
+    for q in (temporal, whole):
+        q.add_argument("--out", required=True, help="run directory (checkpoint.pt, last.pt, best.pt, history.jsonl)")
+        q.add_argument("--recipe", choices=["k400", "epic"], help="defaults (default: from the preset's classes)")
+        q.add_argument("--train-split", help="default: the recipe's (train)")
+        q.add_argument("--val-split", help="default: the recipe's (val / validation)")
+        q.add_argument("--lr", type=float)
+        q.add_argument("--batch-size", type=int, help="global batch (split over the torchrun processes)")
+        q.add_argument("--weight-decay", type=float)
+        q.add_argument("--dropout", type=float, help="before the classifier (default 0.5)")
+        q.add_argument("--seed", type=int)
+        q.add_argument("--double-softmax", action="store_true", help="the reference's loss: CE of the probabilities")
+        q.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke tests)")
+        q.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+        common_args(q)
+        q.set_defaults(fn=cmd_train)
 
 
 def _report(summary: object) -> None:
@@ -231,33 +416,44 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("evaluate", help="evaluate presets on a dataset (resumable; runs under torchrun)")
-    p.add_argument("task", choices=["vitdet-vid"], help="what to evaluate")
-    _add_preset_args(p, positional=False)
+    p.add_argument(
+        "task",
+        choices=list(_EVALUATE_DEFAULTS),
+        help="vitdet-vid: ImageNet VID mAP50; vivit-k400: Kinetics-400 top-1/5; vivit-epic: EPIC-KITCHENS-100 verbs",
+    )
+    _add_preset_args(p, positional=False, default=None)
     p.add_argument("--presets", help="comma-separated presets to sweep in one run (weights are read once)")
     p.add_argument("--weights", help="model weights (rgtp state dict, see `rgtp convert`); random if omitted")
-    p.add_argument("--data", required=True, help="ImageNet VID root (ILSVRC2015 layout or COCO-style JSON layout)")
-    p.add_argument("--split", default="vid_val", help="split: val / vid_val / vid_minival / ... (default vid_val)")
-    p.add_argument("--layout", default="auto", choices=["auto", "ilsvrc", "coco"])
-    p.add_argument("--out-dir", default="eval_vid", help="predictions (per preset) and results.json")
-    p.add_argument("--max-sequences", type=int, help="evaluate only the first N sequences")
+    p.add_argument("--data", required=True, help="dataset root (see README: layouts per task)")
+    p.add_argument("--split", help="split (default: vid_val / val / validation)")
+    p.add_argument("--layout", default="auto", choices=["auto", "ilsvrc", "coco"], help="VID annotation layout")
+    p.add_argument("--fps", type=float, help="Kinetics: decode at this frame rate (default 25, as the paper)")
+    p.add_argument("--short-side", type=int, help="resize frames at decode time (default: the crop size)")
+    p.add_argument("--out-dir", help="predictions (per preset) and results.json (default eval_vid/k400/epic)")
+    p.add_argument("--max-items", "--max-sequences", type=int, help="only the first N sequences / clips")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("convert", help="convert an official checkpoint into rgtp weights (strict)")
-    p.add_argument("model", choices=["vitdet"], help="model family")
-    p.add_argument("src", help="official checkpoint (.pth / .pkl)")
+    p.add_argument("model", choices=sorted(_CONVERT_SOURCES), help="model family")
+    p.add_argument("src", help="official checkpoint (.pth / .pkl / .pyth)")
     p.add_argument("dst", help="rgtp checkpoint to write (.pth)")
     p.add_argument(
         "--source",
-        default="vid",
-        choices=["vid", "coco", "eventful"],
-        help="vid: detectron2 ViTDet-VID Faster R-CNN (frcnn_vitdet_final.pth); coco: detectron2 COCO ViTDet-B "
-        "(backbone and pyramid only); eventful: the same VID detector as converted by the reference code",
+        choices=[s for sources in _CONVERT_SOURCES.values() for s in sources],
+        help="vitdet: vid (default): detectron2 ViTDet-VID Faster R-CNN (frcnn_vitdet_final.pth); coco: detectron2 "
+        "COCO ViTDet-B (backbone and pyramid only); eventful: the same VID detector as converted by the reference code."
+        " vivit: k400 (default) or epic: TAdaConv's ViViT-B factorised encoder .pyth (EPIC: verb head; noun head "
+        "dropped unless --nouns)",
+    )
+    p.add_argument(
+        "--nouns", action="store_true", help="vivit --source epic: keep the noun head (target num_nouns=300)"
     )
     p.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)")
-    _add_preset_args(p, positional=False)  # the target architecture (input size does not matter)
-    p.set_defaults(fn=cmd_convert)
+    _add_preset_args(p, positional=False)  # the target architecture (ViTDet: the input size does not matter)
+    p.set_defaults(fn=cmd_convert, preset="")  # default preset per model and source (see _CONVERT_PRESETS)
+    _add_training_parsers(sub)
     return parser
 
 
@@ -266,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    if getattr(args, "preset", "x") is None and getattr(args, "config", None) is None:
+    if args.command != "evaluate" and getattr(args, "preset", "x") is None and getattr(args, "config", None) is None:
         print("rgtp: error: name a preset (see `rgtp presets`) or give --config FILE", file=sys.stderr)
         return 2
     try:

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SHAPE_CLASSES", "SHAPE_TO_VID", "Box", "moving_shapes_video", "write_synthetic_vid", "write_video"]
+__all__ = [
+    "SHAPE_CLASSES",
+    "SHAPE_TO_VID",
+    "Box",
+    "moving_shapes_video",
+    "write_synthetic_epic",
+    "write_synthetic_kinetics",
+    "write_synthetic_vid",
+    "write_video",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -333,4 +342,71 @@ def write_synthetic_vid(
                 f"<height>{height}</height></size>{objects}</annotation>\n"
             )
     logger.info("wrote a synthetic VID split (%d sequences) under %s", len(lengths), root)
+    return root
+
+
+def write_synthetic_kinetics(
+    root: str | os.PathLike[str],
+    clips: int = 2,
+    frames: int = 250,
+    height: int = 256,
+    width: int = 340,
+    fps: float = 25.0,
+    seed: int = 0,
+    split: str = "val",
+) -> Path:
+    """Write moving-shapes clips as a Kinetics-400 split in the CVDF layout: ``annotations/<split>.csv`` and
+    ``<split>/<youtube_id>_<start:06d>_<end:06d>.mp4``. Labels cycle through the classes. Returns ``root``.
+
+    For trying ``rgtp evaluate vivit-k400`` and ``rgtp cache-spatial`` and for benchmarks; the labels mean nothing.
+    """
+    from rgtp.data.kinetics import KINETICS400_CLASSES
+
+    root = Path(root)
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    seconds = round(frames / fps)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    for i in range(clips):
+        label = KINETICS400_CLASSES[(37 * i) % len(KINETICS400_CLASSES)]
+        rows.append(f'"{label}",synth{i:05d},0,{seconds},{split}')
+        video, _ = moving_shapes_video(frames, height, width, seed=seed + i)
+        write_video(root / split / f"synth{i:05d}_{0:06d}_{seconds:06d}.mp4", video, fps=fps)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    logger.info("wrote a synthetic Kinetics-400 split (%d clips) under %s", clips, root)
+    return root
+
+
+def write_synthetic_epic(
+    root: str | os.PathLike[str],
+    segments: int = 2,
+    frames: int = 48,
+    height: int = 320,
+    width: int = 568,
+    fps: float = 30.0,
+    seed: int = 0,
+) -> Path:
+    """Write moving-shapes videos as an EPIC-KITCHENS-100 validation split: ``EPIC_100_validation.csv`` and
+    ``videos/<video_id>.mp4``, one segment of ``frames`` frames per video. Returns ``root``.
+    """
+    root = Path(root)
+    header = (
+        "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,"
+        "stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes"
+    )
+    rows = [header]
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    for i in range(segments):
+        vid = f"P01_{100 + i}"
+        video, _ = moving_shapes_video(frames + 8, height, width, seed=seed + i)
+        write_video(root / "videos" / f"{vid}.mp4", video, fps=fps)
+        start, stop = 4 / fps, (4 + frames) / fps
+        stamp = [f"00:00:{s:05.2f}" for s in (start, stop)]
+        verb, noun = (11 * i) % 97, (29 * i) % 300
+        rows.append(
+            f"{vid}_0,P01,{vid},{stamp[0]},{stamp[0]},{stamp[1]},5,{4 + frames},take shape,take,{verb},shape,"
+            f"{noun},\"['shape']\",[{noun}]"
+        )
+    (root / "EPIC_100_validation.csv").write_text("\n".join(rows) + "\n")
+    logger.info("wrote a synthetic EPIC-KITCHENS-100 validation split (%d segments) under %s", segments, root)
     return root

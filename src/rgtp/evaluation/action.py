@@ -17,7 +17,6 @@ resumes where it stopped. Under ``torchrun`` every process takes every world-th 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -28,10 +27,10 @@ from typing import Any
 import torch
 
 from rgtp.accounting import count_preset
-from rgtp.build import build_model, build_runtime, load_weights
+from rgtp.build import build_model, build_runtime, load_weights, with_weights_nouns
 from rgtp.config import Preset, ViViTConfig, to_dict
 from rgtp.data.action import ActionClip, ActionDataError, ActionDataset, preset_views
-from rgtp.evaluation.dist import barrier, init_distributed, shard
+from rgtp.evaluation.dist import barrier, setup, shard
 from rgtp.evaluation.records import ResultLog, environment, write_results
 from rgtp.models.vivit import ViViT
 from rgtp.progress import progress_bar
@@ -79,32 +78,12 @@ def _header(task: str, preset: Preset, weights: str, dataset: ActionDataset, spl
     }
 
 
-def _weights_nouns(weights: str | Path | None) -> int:
-    """The size of the noun head stored in ``weights`` (0 if none), so an EPIC checkpoint with nouns builds one."""
-    if weights is None or not Path(weights).is_file():
-        return 0
-    obj = torch.load(weights, map_location="meta", weights_only=True)
-    state = obj.get("model", obj) if isinstance(obj, dict) else {}
-    noun = state.get("head_noun.weight") if isinstance(state, dict) else None
-    return int(noun.shape[0]) if isinstance(noun, torch.Tensor) else 0
-
-
 class _Models:
     """One model per distinct configuration; the weights file is read once, later models copy the first."""
 
     def __init__(self, weights: str | Path | None, device: str) -> None:
         self.weights, self.device = weights, device
-        self.nouns = _weights_nouns(weights)
         self.models: dict[ViViTConfig, ViViT] = {}
-
-    def adapt(self, preset: Preset) -> Preset:
-        """The preset with the noun head of the weights (EPIC checkpoints converted with ``--nouns``)."""
-        cfg = preset.model
-        assert isinstance(cfg, ViViTConfig)
-        if self.nouns and cfg.num_nouns != self.nouns:
-            logger.info("%s: the weights have a %d-class noun head; building it", preset.name, self.nouns)
-            return dataclasses.replace(preset, model=dataclasses.replace(cfg, num_nouns=self.nouns))
-        return preset
 
     def get(self, preset: Preset) -> ViViT:
         cfg = preset.model
@@ -165,13 +144,11 @@ def evaluate_action(
 
     Predictions go to ``out_dir/<preset>/part-*.jsonl`` as clips finish and results to ``out_dir/results.json``.
     """
-    info = init_distributed(device)
-    if info.world > 1 and device.startswith("cuda"):
-        device = f"cuda:{info.local_rank}"
+    info, device = setup(device)
     if not presets:
         raise ValueError("no presets to evaluate")
     models = _Models(weights, device)
-    presets = [models.adapt(p) for p in presets]
+    presets = [with_weights_nouns(p, weights) for p in presets]
     for p in presets:
         if not isinstance(p.model, ViViTConfig):
             raise ValueError(f"preset {p.name} is not a ViViT model ({task} needs one)")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "barrier", "cleanup", "init_distributed", "shard"]
+__all__ = ["DistInfo", "barrier", "cleanup", "init_distributed", "setup", "shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ def init_distributed(device: str = "cpu") -> DistInfo:
     if device.startswith("cuda"):
         torch.cuda.set_device(local)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+
+
+def setup(device: str) -> tuple[DistInfo, str]:
+    """Join the ``torchrun`` process group if there is one; returns it and this process's device
+    (``cuda:<local rank>`` when several processes share a machine's GPUs)."""
+    info = init_distributed(device)
+    if info.world > 1 and device.startswith("cuda"):
+        device = f"cuda:{info.local_rank}"
+    return info, device
 
 
 def cleanup() -> None:

@@ -27,7 +27,7 @@ from rgtp.accounting import count_preset
 from rgtp.build import build_model, build_runtime, load_weights
 from rgtp.config import Preset, ViTDetConfig, to_dict
 from rgtp.data.vid import VIDDataset, VIDFrame, VIDSequence, load_frame
-from rgtp.evaluation.dist import DistInfo, barrier, init_distributed, shard
+from rgtp.evaluation.dist import DistInfo, barrier, setup, shard
 from rgtp.evaluation.records import ResultLog, environment, write_results
 from rgtp.flops import MacCounter
 from rgtp.metrics import check_backend, coco_map
@@ -174,9 +174,7 @@ def evaluate_vid(
     Weights are read once; presets that share a model configuration share the model. Predictions go to
     ``out_dir/<preset>/part-*.jsonl`` as sequences finish and results to ``out_dir/results.json``.
     """
-    info = init_distributed(device)
-    if info.world > 1 and device.startswith("cuda"):
-        device = f"cuda:{info.local_rank}"
+    info, device = setup(device)
     check_backend()  # fail now, not after hours of inference, if no mAP backend is installed
     if not presets:
         raise ValueError("no presets to evaluate")

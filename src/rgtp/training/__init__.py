@@ -1,0 +1,35 @@
+"""Training ViViT: spatial-feature caches, temporal fine-tuning on them (spec §12.4-12.5), whole-model training.
+
+* :func:`cache_spatial` writes ``(views, steps, C)`` spatial features per clip (dense or RGTP spatial encoder);
+  :class:`FeatureCache` reads them.
+* :func:`train_temporal` fine-tunes the temporal encoder and classifier on a cache.
+* :func:`train_vivit` trains the whole model on decoded clips.
+
+Both training modes share :func:`~rgtp.training.loop.fit` (recipes, DDP under ``torchrun``, validation, resumable
+checkpoints, ``last.pt``/``best.pt`` loadable by :func:`rgtp.build.load_weights`).
+
+Under ``torchrun`` these functions join the process group themselves; call :func:`rgtp.evaluation.dist.cleanup` when
+done (the CLI does), since a gloo process group left to interpreter shutdown can abort the process.
+"""
+
+from rgtp.training.cache import CacheSummary, FeatureCache, cache_spatial, cached_preset
+from rgtp.training.loop import RECIPE_SPLITS, RECIPES, FitResult, TrainConfig, default_splits, make_config, recipe_for
+from rgtp.training.temporal import train_temporal
+from rgtp.training.vivit import random_view, train_vivit
+
+__all__ = [
+    "RECIPES",
+    "RECIPE_SPLITS",
+    "CacheSummary",
+    "FeatureCache",
+    "FitResult",
+    "TrainConfig",
+    "cache_spatial",
+    "cached_preset",
+    "default_splits",
+    "make_config",
+    "random_view",
+    "recipe_for",
+    "train_temporal",
+    "train_vivit",
+]

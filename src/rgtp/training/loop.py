@@ -1,0 +1,536 @@
+"""The training loop shared by temporal fine-tuning and whole-model training: recipes, DDP, checkpoints, resuming.
+
+A :class:`TrainJob` says what is trained (a ViViT with some parameters trainable), the module that maps a batch of
+samples to view-averaged logits, and the train and validation sets. :func:`fit` does the rest:
+
+* AdamW on the trainable parameters, constant learning rate (spec §12.5: no schedule).
+* Every epoch the training set is shuffled by a permutation seeded with ``seed + epoch`` (the same on every process)
+  and cut into global batches of ``batch_size``. Under ``torchrun`` each process takes every world-th sample of each
+  global batch, and its loss is ``sum of its samples' losses * world / samples in the global batch``: after DDP
+  averages the gradients they equal the single-process gradient of the global batch mean, also for an uneven last
+  batch. A process with no sample in a batch runs one zero-weighted dummy sample, so it still joins the gradient
+  all-reduce. With dropout 0, one process and N processes give the same weights (up to float rounding).
+* The random state is re-seeded at the start of every epoch (from ``seed``, the epoch and the rank), so a run
+  resumed from an epoch checkpoint continues exactly as an uninterrupted one would (dropout included).
+* Validation (top-1, top-5, cross-entropy; noun and action top-1 with a noun head) runs before training and after
+  every epoch, sharded over the processes and gathered.
+* Only the first process writes files. Layout of the run directory ``RUN``::
+
+      RUN/config.json      the resolved training config and what the run trains on
+      RUN/history.jsonl    one line per epoch (epoch 0: the validation before training)
+      RUN/checkpoint.pt    resume state after the last finished epoch: trainable parameters, optimiser, history, best
+      RUN/last.pt          full-model weights {"model": state dict} after the last epoch (rgtp.build.load_weights)
+      RUN/best.pt          the same for the epoch with the best validation top-1 (epoch 0 included)
+      RUN/failed.json      clips that could not be read (whole-model training), by split
+
+Starting again with the same ``RUN`` resumes from ``checkpoint.pt``; the number of epochs may grow, anything else
+that changes the result must match (:class:`~rgtp.evaluation.records.ResumeError` otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from rgtp.config import ConfigError, Preset, ViViTConfig, to_dict
+from rgtp.evaluation.dist import DistInfo, barrier, shard
+from rgtp.evaluation.records import ResumeError
+from rgtp.models.vivit import ViViT
+from rgtp.progress import progress_bar
+
+__all__ = [
+    "RECIPES",
+    "RECIPE_SPLITS",
+    "Failure",
+    "FitResult",
+    "TrainConfig",
+    "TrainJob",
+    "default_splits",
+    "fit",
+    "make_config",
+    "recipe_for",
+]
+
+logger = logging.getLogger(__name__)
+
+TOPK = 5
+_CHECKPOINT_FORMAT = 1
+_RESUMABLE_CHANGES = ("epochs", "workers")  # config fields that may differ when a run resumes
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters. The recipes (:data:`RECIPES`) are the reference's (spec §12.5)."""
+
+    recipe: str = "custom"  # where the defaults came from
+    lr: float = 1e-5
+    epochs: int = 1
+    batch_size: int = 8  # global: split over the processes under torchrun
+    weight_decay: float = 0.05
+    dropout: float = 0.5  # before the classifier (the reference fine-tunes with 0.5)
+    seed: int = 42
+    double_softmax: bool = False  # the reference's loss: cross-entropy of the softmax probabilities (§13.13)
+    max_steps: int | None = None  # at most this many optimiser steps per epoch (smoke tests)
+    val_batch_size: int | None = None  # clips per validation batch (None: the job's default)
+    workers: int = 0  # DataLoader worker processes (0: load in the main process)
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.epochs < 0 or self.batch_size < 1 or self.workers < 0:
+            raise ConfigError("epochs must be >= 0, batch_size >= 1 and workers >= 0")
+        if self.weight_decay < 0 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("weight_decay must be >= 0 and dropout in [0, 1)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.val_batch_size is not None and self.val_batch_size < 1:
+            raise ConfigError(f"val_batch_size must be >= 1 or None, got {self.val_batch_size}")
+
+
+RECIPES: dict[str, TrainConfig] = {
+    "k400": TrainConfig("k400", lr=2e-6, epochs=10, batch_size=16),
+    "epic": TrainConfig("epic", lr=1e-5, epochs=5, batch_size=8),
+}
+RECIPE_SPLITS: dict[str, tuple[str, str]] = {"k400": ("train", "val"), "epic": ("train", "validation")}
+_RECIPE_BY_CLASSES = {400: "k400", 97: "epic"}
+
+
+def recipe_for(preset: Preset, name: str | None = None) -> str:
+    """The recipe ``name``, or the one that fits the preset's classifier (400 classes: k400, 97: epic)."""
+    if name is None:
+        cfg = preset.model
+        num_classes = cfg.num_classes if isinstance(cfg, ViViTConfig) else None
+        name = _RECIPE_BY_CLASSES.get(num_classes) if num_classes is not None else None
+        if name is None:
+            raise ConfigError(f"cannot infer a recipe for preset {preset.name}: give one of {sorted(RECIPES)}")
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
+    return name
+
+
+def default_splits(cfg: TrainConfig, preset: Preset) -> tuple[str, str]:
+    """(train, validation) split names of the config's recipe (or of the preset's, for a custom config)."""
+    return RECIPE_SPLITS[cfg.recipe if cfg.recipe in RECIPE_SPLITS else recipe_for(preset)]
+
+
+def make_config(recipe: str, **overrides: Any) -> TrainConfig:
+    """The recipe's config with every override that is not None applied."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; known: {sorted(RECIPES)}")
+    return dataclasses.replace(RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Samples and batches
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A sample that could not be read (returned by a dataset instead of raising)."""
+
+    id: str
+    error: str
+
+
+Item = tuple[Tensor, int, int] | Failure  # (inputs (views, ...), label, noun (-1: none)) or a failure
+
+
+@dataclass
+class _Batch:
+    indices: list[int]  # dataset indices of the samples that could be read
+    inputs: Tensor | None  # (n, views, ...), None when n == 0
+    labels: Tensor  # (n,)
+    nouns: Tensor  # (n,), -1: none
+    failed: dict[str, str]  # clip id -> error
+
+
+class _Keyed(Dataset):
+    """Pairs every item with its dataset index (the key is (index, epoch))."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, Item]:
+        return key[0], self.dataset[key]
+
+
+def _collate(items: list[tuple[int, Item]]) -> _Batch:
+    ok = [(i, it) for i, it in items if not isinstance(it, Failure)]
+    failed = {it.id: it.error for _, it in items if isinstance(it, Failure)}
+    inputs = torch.stack([it[0] for _, it in ok]) if ok else None  # type: ignore[index]
+    labels = torch.tensor([it[1] for _, it in ok], dtype=torch.long)  # type: ignore[index]
+    nouns = torch.tensor([it[2] for _, it in ok], dtype=torch.long)  # type: ignore[index]
+    return _Batch([i for i, _ in ok], inputs, labels, nouns, failed)
+
+
+def _loader(dataset: Any, batches: Sequence[Sequence[int]], epoch: int, workers: int) -> DataLoader:
+    keys = [[(i, epoch) for i in b] for b in batches]
+    return DataLoader(_Keyed(dataset), batch_sampler=keys, collate_fn=_collate, num_workers=workers)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The job and the loop
+
+
+@dataclass
+class TrainJob:
+    """What :func:`fit` trains."""
+
+    kind: str  # "temporal" or "vivit"
+    model: ViViT  # on its device; the parameters to optimise have requires_grad
+    module: nn.Module  # (B, views, ...) -> (B, classes [+ nouns]) logits averaged over the views; wraps ``model``
+    train_set: Any  # [(index, epoch)] -> Item
+    val_set: Any  # [(index, 0)] -> Item
+    sample_shape: tuple[int, ...]  # one training sample's inputs (views, ...): the dummy of an empty process
+    identity: dict[str, Any]  # what the run trains on (preset, weights, data): must match to resume
+    nouns: bool = False  # train and score the noun head
+    val_batch_size: int = 1  # default clips per validation batch
+
+
+@dataclass
+class FitResult:
+    out_dir: Path
+    history: list[dict[str, Any]]
+    best: dict[str, Any]  # {"epoch": e, "top1": %}
+
+
+@dataclass
+class _State:
+    epoch: int = -1  # last finished epoch (0: the validation before training); -1: nothing done
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+    failed: dict[str, dict[str, str]] = field(default_factory=lambda: {"train": {}, "val": {}})
+
+
+def fit(job: TrainJob, cfg: TrainConfig, out_dir: str | Path, info: DistInfo, progress: bool = True) -> FitResult:
+    """Train ``job`` for ``cfg.epochs`` epochs (resuming ``out_dir`` if it holds a checkpoint); see the module doc."""
+    out = Path(out_dir)
+    params = [p for p in job.model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter requires a gradient")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    identity = _identity(job, cfg)
+    state = _resume(out, identity, job.model, opt)
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", {"run": identity, "config": to_dict(cfg)})
+    device = next(job.model.parameters()).device
+    ddp: nn.Module = job.module
+    if info.world > 1:
+        ddp = nn.parallel.DistributedDataParallel(job.module, device_ids=[device] if device.type == "cuda" else None)
+    if state.epoch < 0:
+        _end_epoch(job, cfg, opt, out, info, state, 0, {}, progress)
+    if state.epoch >= cfg.epochs:
+        logger.info("%s: already trained for %d epoch(s)", out, state.epoch)
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        start = time.perf_counter()
+        train = _train_epoch(ddp, job, cfg, opt, epoch, info, progress)
+        train["train_seconds"] = round(time.perf_counter() - start, 3)
+        failed = train.pop("failed_ids")
+        if failed:
+            logger.warning(
+                "epoch %d: %d training clip(s) could not be read: %s", epoch, len(failed), ", ".join(list(failed)[:10])
+            )
+        state.failed["train"].update(failed)
+        _end_epoch(job, cfg, opt, out, info, state, epoch, train, progress)
+    if ddp is not job.module:  # free DDP's reducer (and its pending gloo work) before the process group goes away;
+        del ddp  # left to interpreter shutdown it can abort the process
+        gc.collect()
+    return FitResult(out, state.history, state.best)
+
+
+def _identity(job: TrainJob, cfg: TrainConfig) -> dict[str, Any]:
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
+    trainable = sorted({n.split(".")[0] for n, p in job.model.named_parameters() if p.requires_grad})
+    return _plain({"kind": job.kind, **job.identity, "trainable": trainable, "nouns": job.nouns, "train": settings})
+
+
+def _plain(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))  # as it reads back (tuples become lists)
+
+
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
+
+
+def _train_epoch(
+    ddp: nn.Module,
+    job: TrainJob,
+    cfg: TrainConfig,
+    opt: torch.optim.Optimizer,
+    epoch: int,
+    info: DistInfo,
+    progress: bool,
+) -> dict[str, Any]:
+    """One pass over the shuffled training set; returns the global mean loss and the step count."""
+    n = len(job.train_set)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+    batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)][: cfg.max_steps]
+    torch.manual_seed(_rank_seed(cfg.seed, epoch, info.rank))  # dropout (and anything random) is reproducible
+    job.model.train()
+    device = next(job.model.parameters()).device
+    loss_sum, count, steps, failed = torch.zeros((), dtype=torch.float64), 0, 0, {}
+    bar = progress_bar(len(batches), f"epoch {epoch}/{cfg.epochs}", progress and info.main, "step")
+    try:
+        for batch in _loader(job.train_set, [b[info.rank :: info.world] for b in batches], epoch, cfg.workers):
+            failed.update(batch.failed)
+            total = _all_sum(torch.tensor([float(len(batch.indices))]), info, device)[0].item()  # in the global batch
+            if total > 0:
+                per_sample = _step(ddp, job, cfg, opt, batch, total, info.world, device)
+                loss_sum += per_sample.double().sum().cpu()
+                count += len(batch.indices)
+                steps += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    sums = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64)])
+    loss_sum, n_seen = _all_sum(sums, info, device)
+    return {
+        "train_loss": loss_sum.item() / max(n_seen.item(), 1.0),
+        "train_samples": int(n_seen.item()),
+        "steps": steps,
+        "failed_ids": _gather_dict(failed, info),
+    }
+
+
+def _step(
+    ddp: nn.Module,
+    job: TrainJob,
+    cfg: TrainConfig,
+    opt: torch.optim.Optimizer,
+    batch: _Batch,
+    total: float,
+    world: int,
+    device: torch.device,
+) -> Tensor:
+    """One optimiser step on this process's part of a global batch of ``total`` samples; its per-sample losses."""
+    if batch.inputs is None:  # no sample here: a zero-weighted dummy keeps this process in the all-reduce
+        inputs = torch.zeros(1, *job.sample_shape, device=device)
+        labels = torch.zeros(1, dtype=torch.long, device=device)
+        nouns, weight = torch.full((1,), -1, dtype=torch.long, device=device), 0.0
+    else:
+        inputs, labels, nouns = batch.inputs.to(device), batch.labels.to(device), batch.nouns.to(device)
+        weight = 1.0
+    per_sample = _losses(job.model, ddp(inputs), labels, nouns, job.nouns, cfg.double_softmax)  # (n,)
+    loss = per_sample.sum() * (weight * world / total)  # DDP averages over processes -> the global batch mean
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return per_sample.detach()[: len(batch.indices)]
+
+
+def _cross_entropy(logits: Tensor, target: Tensor, double_softmax: bool) -> Tensor:
+    """Per-sample cross-entropy (targets -1 count 0); ``double_softmax``: of the probabilities, as the reference."""
+    x = logits.float().softmax(dim=-1) if double_softmax else logits.float()
+    return F.cross_entropy(x, target, reduction="none", ignore_index=-1)  # (n,)
+
+
+def _losses(model: ViViT, logits: Tensor, labels: Tensor, nouns: Tensor, use_nouns: bool, double: bool) -> Tensor:
+    """(n, classes [+ nouns]) view-averaged logits -> (n,) losses: the main head's, plus the noun head's."""
+    verb, noun = model.split(logits)
+    loss = _cross_entropy(verb, labels, double)
+    if use_nouns and noun is not None:
+        loss = loss + _cross_entropy(noun, nouns, double)
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+@torch.no_grad()
+def _validate(job: TrainJob, cfg: TrainConfig, info: DistInfo, progress: bool) -> tuple[dict[str, Any], dict]:
+    """Validation metrics (in %, over the clips that could be read) and the failed clips, on every process."""
+    job.model.eval()
+    device = next(job.model.parameters()).device
+    mine = list(shard(len(job.val_set), info))
+    size = cfg.val_batch_size or job.val_batch_size
+    batches = [mine[i : i + size] for i in range(0, len(mine), size)]
+    rows: list[tuple[int, float, bool, bool, bool, bool]] = []
+    failed: dict[str, str] = {}
+    bar = progress_bar(len(mine), "validation", progress and info.main, "clip")
+    try:
+        for batch in _loader(job.val_set, batches, 0, cfg.workers):
+            failed.update(batch.failed)
+            if batch.inputs is not None:
+                logits = job.module(batch.inputs.to(device)).float().cpu()  # (n, classes [+ nouns])
+                rows += _score(job.model, logits, batch, job.nouns)
+            bar.update(len(batch.indices) + len(batch.failed))
+    finally:
+        bar.close()
+    if info.world > 1:
+        parts: list[Any] = [None] * info.world
+        dist.all_gather_object(parts, rows)
+        rows = [r for part in parts for r in part]
+    return _summarize(sorted(rows), job.nouns), _gather_dict(failed, info)
+
+
+def _score(model: ViViT, logits: Tensor, batch: _Batch, nouns: bool) -> list[tuple[int, float, bool, bool, bool, bool]]:
+    """Per clip: (index, cross-entropy, top-1, top-5, noun top-1, action top-1)."""
+    verb, noun = model.split(logits)
+    loss = F.cross_entropy(verb, batch.labels, reduction="none")  # (n,)
+    top = verb.topk(min(TOPK, verb.shape[-1]), dim=-1).indices  # (n, k)
+    hit5 = (top == batch.labels[:, None]).any(dim=-1)
+    hit1 = top[:, 0] == batch.labels
+    noun_hit = (noun.argmax(dim=-1) == batch.nouns) if nouns and noun is not None else torch.zeros_like(hit1)
+    return [
+        (i, float(loss[j]), bool(hit1[j]), bool(hit5[j]), bool(noun_hit[j]), bool(hit1[j] and noun_hit[j]))
+        for j, i in enumerate(batch.indices)
+    ]
+
+
+def _summarize(rows: list[tuple[int, float, bool, bool, bool, bool]], nouns: bool) -> dict[str, Any]:
+    n = len(rows)
+
+    def pct(col: int) -> float:
+        return 100.0 * sum(r[col] for r in rows) / max(n, 1)
+
+    metrics: dict[str, Any] = {"clips": n, "top1": pct(2), "top5": pct(3), "loss": sum(r[1] for r in rows) / max(n, 1)}
+    if nouns:
+        metrics.update(noun_top1=pct(4), action_top1=pct(5))
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints, weights and history
+
+
+def _end_epoch(
+    job: TrainJob,
+    cfg: TrainConfig,
+    opt: torch.optim.Optimizer,
+    out: Path,
+    info: DistInfo,
+    state: _State,
+    epoch: int,
+    train: dict[str, Any],
+    progress: bool,
+) -> None:
+    """Validate, update the history and the best epoch, and (first process) write the run files."""
+    start = time.perf_counter()
+    val, failed = _validate(job, cfg, info, progress)
+    state.failed["val"].update(failed)
+    val["failed"] = len(failed)
+    val["val_seconds"] = round(time.perf_counter() - start, 3)
+    state.epoch = epoch
+    state.history.append({"epoch": epoch, **train, "lr": cfg.lr, "val": val})
+    improved = not state.best or val["top1"] > state.best["top1"]
+    if improved:
+        state.best = {"epoch": epoch, "top1": val["top1"]}
+    if info.main:
+        meta = {"epoch": epoch, "val": val, "kind": job.kind}
+        _atomic_save({"model": job.model.state_dict(), "rgtp_meta": meta}, out / "last.pt")
+        if improved:
+            _atomic_save({"model": job.model.state_dict(), "rgtp_meta": meta}, out / "best.pt")
+        _write_history(out / "history.jsonl", state.history)
+        if any(state.failed.values()):
+            _write_json(out / "failed.json", state.failed)
+        _atomic_save(_checkpoint(job, opt, state, _identity(job, cfg)), out / "checkpoint.pt")  # the commit point
+    barrier()
+    _log_epoch(epoch, train, val, state.best, failed)
+
+
+def _log_epoch(epoch: int, train: dict[str, Any], val: dict[str, Any], best: dict[str, Any], failed: dict) -> None:
+    what = "before training" if epoch == 0 else f"epoch {epoch}: train loss {train['train_loss']:.4f},"
+    extra = f" noun top-1 {val['noun_top1']:.2f} action top-1 {val['action_top1']:.2f}" if "noun_top1" in val else ""
+    logger.info(
+        "%s val top-1 %.2f top-5 %.2f loss %.4f%s (best top-1 %.2f at epoch %d)",
+        what,
+        val["top1"],
+        val["top5"],
+        val["loss"],
+        extra,
+        best["top1"],
+        best["epoch"],
+    )
+    if failed:
+        logger.warning("%d validation clip(s) could not be read: %s", len(failed), ", ".join(list(failed)[:10]))
+
+
+def _checkpoint(job: TrainJob, opt: torch.optim.Optimizer, state: _State, identity: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": _CHECKPOINT_FORMAT,
+        "identity": identity,
+        "epoch": state.epoch,
+        "trainable": {n: p.detach().cpu() for n, p in job.model.named_parameters() if p.requires_grad},
+        "optimizer": opt.state_dict(),
+        "history": state.history,
+        "best": state.best,
+        "failed": state.failed,
+    }
+
+
+def _resume(out: Path, identity: dict[str, Any], model: ViViT, opt: torch.optim.Optimizer) -> _State:
+    """The state saved in ``out/checkpoint.pt`` (parameters and optimiser restored), or a fresh state."""
+    path = out / "checkpoint.pt"
+    if not path.is_file():
+        return _State()
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if obj.get("format") != _CHECKPOINT_FORMAT or obj.get("identity") != identity:
+        old = obj.get("identity") or {}
+        diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        raise ResumeError(
+            f"{out} holds a run with other settings (differs in: {', '.join(diff) or 'format'}); "
+            "use another output directory or delete it"
+        )
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(obj["trainable"][name])
+    opt.load_state_dict(obj["optimizer"])  # moves the state to the parameters' device
+    logger.info("resuming %s after epoch %d", out, obj["epoch"])
+    return _State(obj["epoch"], obj["history"], obj["best"], obj["failed"])
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Collectives (no-ops in a single process)
+
+
+def _all_sum(t: Tensor, info: DistInfo, device: torch.device) -> Tensor:
+    """Sum ``t`` over the processes (on ``device``: NCCL reduces CUDA tensors only); returned on the CPU."""
+    if info.world > 1:
+        t = t.to(device)
+        dist.all_reduce(t)
+    return t.cpu()
+
+
+def _gather_dict(d: dict[str, str], info: DistInfo) -> dict[str, str]:
+    if info.world == 1:
+        return d
+    parts: list[Any] = [None] * info.world
+    dist.all_gather_object(parts, d)
+    return {k: v for part in parts for k, v in part.items()}

@@ -1,0 +1,130 @@
+"""Temporal fine-tuning on cached spatial features (spec §12.5).
+
+The ViViT is built from the preset with dropout 0.5 and the starting weights; only the temporal encoder and the
+classifier(s) are optimised (the noun head too when the cache has noun labels). A sample is one clip's cached
+``(views, steps, C)`` features: per view the temporal encoder and classifier run, and the logits are averaged over
+the views. The loss is the cross-entropy of the averaged logits; ``double_softmax`` reproduces the reference's quirk
+(cross-entropy of the softmax probabilities, spec §13.13) and is only used when asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from rgtp.config import Preset, ViViTConfig, to_dict
+from rgtp.evaluation.dist import setup
+from rgtp.models.vivit import ViViT
+from rgtp.training.cache import FeatureCache
+from rgtp.training.common import build_vivit, weights_name
+from rgtp.training.loop import FitResult, TrainConfig, TrainJob, default_splits, fit, make_config, recipe_for
+
+__all__ = ["CachedViewClassifier", "temporal_job", "train_temporal"]
+
+logger = logging.getLogger(__name__)
+
+
+class CachedViewClassifier(nn.Module):
+    """The temporal encoder and classifier on cached spatial features, logits averaged over the views."""
+
+    def __init__(self, model: ViViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(B, views, steps, C) spatial class tokens -> (B, classes [+ nouns]) view-averaged logits."""
+        b, v, s, c = features.shape
+        logits = self.model.classify(features.reshape(b * v, s, c))  # (B * views, K)
+        return logits.view(b, v, -1).mean(dim=1)  # (B, K)
+
+
+def _check_cache(cache: FeatureCache, cfg: ViViTConfig) -> None:
+    _, steps, dim = cache.feature_shape
+    if (steps, dim) != (cfg.num_steps, cfg.embed_dim):
+        raise ValueError(
+            f"{cache.directory} holds (views, {steps}, {dim}) features; the model takes "
+            f"({cfg.num_steps} steps, {cfg.embed_dim} channels)"
+        )
+    classes = int(cache.meta.get("num_classes", 0))
+    if classes and classes != cfg.num_classes:
+        raise ValueError(f"{cache.directory} has {classes} classes; the model predicts {cfg.num_classes}")
+
+
+def temporal_job(
+    cache_dir: str | Path,
+    preset: Preset,
+    weights: str | Path | None,
+    cfg: TrainConfig,
+    splits: tuple[str, str],
+    device: str = "cpu",
+) -> TrainJob:
+    """The fine-tuning job: the model with only ``temporal``, ``head`` (and ``head_noun``) trainable, and the caches
+    ``cache_dir/<train split>`` and ``cache_dir/<val split>``."""
+    train_set, val_set = (FeatureCache(Path(cache_dir) / s) for s in splits)
+    model = build_vivit(preset, weights, device, dropout=cfg.dropout, seed=cfg.seed)
+    for cache in (train_set, val_set):
+        _check_cache(cache, model.cfg)
+        if cache.meta.get("weights") != weights_name(weights):
+            logger.warning(
+                "%s was cached with weights %s (training starts from %s)",
+                cache.directory,
+                cache.meta.get("weights"),
+                weights_name(weights),
+            )
+    nouns = model.head_noun is not None and train_set.has_nouns
+    model.requires_grad_(False)
+    for part in (model.temporal, model.head, model.head_noun if nouns else None):
+        if part is not None:
+            part.requires_grad_(True)
+    identity = {
+        "preset": to_dict(preset),
+        "weights": weights_name(weights),
+        "data": {
+            split: {
+                "cache": str(c.directory.resolve()),
+                "clips": len(c),
+                "preset": c.meta.get("preset"),
+                "features_weights": c.meta.get("weights"),
+            }
+            for split, c in zip(("train", "val"), (train_set, val_set), strict=True)
+        },
+    }
+    return TrainJob(
+        "temporal",
+        model,
+        CachedViewClassifier(model),
+        train_set,
+        val_set,
+        train_set.feature_shape,
+        identity,
+        nouns=nouns,
+        val_batch_size=cfg.batch_size,
+    )
+
+
+def train_temporal(
+    cache_dir: str | Path,
+    out_dir: str | Path,
+    preset: Preset,
+    weights: str | Path | None,
+    cfg: TrainConfig | None = None,
+    splits: tuple[str, str] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> FitResult:
+    """Fine-tune the temporal encoder and classifier of ``preset``'s ViViT on cached features; resumable, and runs
+    under ``torchrun``. ``cfg`` defaults to the recipe of the preset (k400 or epic), ``splits`` (train, validation)
+    to the recipe's splits. Writes the run directory ``out_dir`` (see :mod:`rgtp.training.loop`)."""
+    cfg = cfg or make_config(recipe_for(preset))
+    info, device = setup(device)
+    job = temporal_job(cache_dir, preset, weights, cfg, splits or default_splits(cfg, preset), device)
+    logger.info(
+        "temporal fine-tuning of %s: %d train / %d val clips, %s",
+        preset.name,
+        len(job.train_set),
+        len(job.val_set),
+        cfg,
+    )
+    return fit(job, cfg, out_dir, info, progress)
