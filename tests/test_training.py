@@ -250,14 +250,17 @@ def test_resume_gives_the_same_weights(
         train_temporal(cache, tmp_path / "cut", RGTP, weights, config(epochs=4, lr=1.0), progress=False)
 
 
-def test_noun_head_is_trained_when_the_cache_has_nouns(tmp_path: Path) -> None:
+def test_noun_head_is_trained_on_request_when_the_cache_has_nouns(tmp_path: Path) -> None:
     cfg = dataclasses.replace(TINY_VIVIT, num_nouns=3)
     torch.manual_seed(1)
     weights = tmp_path / "nouns.pth"
     torch.save({"model": ViViT(cfg).state_dict()}, weights)
     for split, n in (("train", 6), ("val", 3)):
         cache_spatial(FakeClips(n, nouns=True), DENSE, weights, tmp_path / "cache", split, progress=False)
-    cfg = config(epochs=1, max_steps=1)
+    frozen = train_temporal(tmp_path / "cache", tmp_path / "verbs", DENSE, weights, config(epochs=1), progress=False)
+    assert frozen.history[-1]["epoch"] == 1  # by default (the paper) the noun head stays as it was
+    assert torch.equal(state(tmp_path / "verbs" / "last.pt")["head_noun.weight"], state(weights)["head_noun.weight"])
+    cfg = config(epochs=1, max_steps=1, train_nouns=True)
     result = train_temporal(tmp_path / "cache", tmp_path / "run", DENSE, weights, cfg, progress=False)
     assert result.history[1]["steps"] == 1 and result.history[1]["train_samples"] == 4
     assert {"noun_top1", "action_top1"} <= set(result.history[-1]["val"])

@@ -1,4 +1,5 @@
-"""The ``rgtp`` command line: presets, configs, compute accounting, running a preset on a video, the demo."""
+"""The ``rgtp`` command line: presets, configs, compute accounting, running presets on videos, conversion,
+evaluation, caching and training."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rgtp.config import ConfigError, Preset, load_config, override, save_config, to_dict
+
+if TYPE_CHECKING:
+    from rgtp.data.action import ActionDataset
 
 __all__ = ["main"]
 
@@ -165,14 +170,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             table = results_table
             what = "mAP"
         else:
-            from rgtp.data.registry import build_action_dataset
             from rgtp.evaluation.action import action_table, evaluate_action
 
-            options = {k: v for k, v in (("fps", args.fps), ("short_side", args.short_side)) if v is not None}
-            dataset = build_action_dataset(_EVALUATE_DEFAULTS[args.task][2], args.data, split, **options)
-            if args.max_items is not None:
-                dataset.clips = dataset.clips[: args.max_items]
-            logger.info("%s: %d clips", args.data, len(dataset))
+            args.dataset = _EVALUATE_DEFAULTS[args.task][2]
+            dataset = _action_dataset(args, presets[0], split)
             evaluate = partial(evaluate_action, args.task)
             table = action_table
             what = "accuracy"
@@ -224,7 +225,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # --- `rgtp cache-spatial` and `rgtp train` (the logic lives in rgtp.training) ----------------------------------------
 
 
-def _action_dataset(args: argparse.Namespace, preset: Preset, split: str) -> object:
+def _action_dataset(args: argparse.Namespace, preset: Preset, split: str) -> ActionDataset:
     """The --dataset (default: the preset's) split, with the reader options and --max-items applied."""
     from rgtp.data.registry import build_action_dataset, dataset_for_preset
 
@@ -244,7 +245,7 @@ def cmd_cache_spatial(args: argparse.Namespace) -> int:
     try:
         dataset = _action_dataset(args, preset, args.split)
         summary = cache_spatial(
-            dataset,  # type: ignore[arg-type]
+            dataset,
             preset,
             args.weights,
             args.out,
@@ -280,7 +281,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset = _train_preset(args)
     names = ("lr", "epochs", "batch_size", "weight_decay", "dropout", "seed", "max_steps", "workers")
     overrides = {k: getattr(args, k) for k in names}
-    cfg = make_config(recipe_for(preset, args.recipe), double_softmax=args.double_softmax or None, **overrides)
+    flags = {"double_softmax": args.double_softmax or None, "train_nouns": args.train_nouns or None}
+    cfg = make_config(recipe_for(preset, args.recipe), **flags, **overrides)
     default_train, default_val = default_splits(cfg, preset)
     splits = (args.train_split or default_train, args.val_split or default_val)
     progress = not args.quiet
@@ -289,7 +291,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             result = train_temporal(args.cache, args.out, preset, args.weights, cfg, splits, args.device, progress)
         else:
             train, val = (_action_dataset(args, preset, s) for s in splits)
-            result = train_vivit(train, val, args.out, preset, args.weights, cfg, args.device, progress)  # type: ignore[arg-type]
+            result = train_vivit(train, val, args.out, preset, args.weights, cfg, args.device, progress)
     finally:
         cleanup()
     if os.environ.get("RANK", "0") == "0":
@@ -305,7 +307,9 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     def data_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--dataset", help="kinetics400 or epic-kitchens (default: the preset's)")
         q.add_argument("--data", "--data-path", "--data_path", dest="data", required=True, help="dataset root")
-        q.add_argument("--fps", type=float, help="Kinetics: decode at this frame rate (default 25, as the paper)")
+        q.add_argument(
+            "--fps", type=float, help="decode at this frame rate (K400 default 25, as the paper; EPIC: native)"
+        )
         q.add_argument("--short-side", type=int, help="resize frames at decode time (default: the crop size)")
         q.add_argument("--max-items", type=int, help="only the first N clips (of each split)")
 
@@ -346,6 +350,9 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
         q.add_argument("--dropout", type=float, help="before the classifier (default 0.5)")
         q.add_argument("--seed", type=int)
         q.add_argument("--double-softmax", action="store_true", help="the reference's loss: CE of the probabilities")
+        q.add_argument(
+            "--train-nouns", action="store_true", help="EPIC: also train the noun head (the paper trains verbs only)"
+        )
         q.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke tests)")
         q.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
         common_args(q)
@@ -427,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root (see README: layouts per task)")
     p.add_argument("--split", help="split (default: vid_val / val / validation)")
     p.add_argument("--layout", default="auto", choices=["auto", "ilsvrc", "coco"], help="VID annotation layout")
-    p.add_argument("--fps", type=float, help="Kinetics: decode at this frame rate (default 25, as the paper)")
+    p.add_argument("--fps", type=float, help="decode at this frame rate (K400 default 25, as the paper; EPIC: native)")
     p.add_argument("--short-side", type=int, help="resize frames at decode time (default: the crop size)")
     p.add_argument("--out-dir", help="predictions (per preset) and results.json (default eval_vid/k400/epic)")
     p.add_argument("--max-items", "--max-sequences", type=int, help="only the first N sequences / clips")

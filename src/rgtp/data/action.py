@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -60,6 +61,13 @@ class ActionDataset:
     def load(self, clip: ActionClip) -> np.ndarray:
         """The clip's frames, (T, H, W, 3) uint8 RGB; raises :class:`ActionDataError` naming the file."""
         raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What determines the frames this reader produces (name, root, decoding options): results and caches of
+        runs with different readers must not be mixed on resume."""
+        keys = ("root", "layout", "fps", "short_side")
+        found = {k: getattr(self, k) for k in keys if hasattr(self, k)}
+        return {"name": self.name, **{k: str(v) if isinstance(v, Path) else v for k, v in found.items()}}
 
 
 def preset_views(video: np.ndarray, preset: Preset) -> Tensor:

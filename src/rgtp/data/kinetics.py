@@ -140,6 +140,8 @@ def load_video_clip(clip: ActionClip, fps: float | None, short_side: int | None)
         raise ActionDataError(f"clip {clip.id}: video file not found: {clip.path}") from exc
     except (VideoDecodeError, IsADirectoryError) as exc:
         raise ActionDataError(f"clip {clip.id}: {exc}") from exc
+    except (ValueError, RuntimeError, OSError, MemoryError) as exc:  # e.g. a size change mid-stream, PyAV errors
+        raise ActionDataError(f"clip {clip.id}: cannot decode {clip.path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _index_videos(folder: Path) -> dict[str, Path]:

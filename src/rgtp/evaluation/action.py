@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rgtp.accounting import count_preset
@@ -72,7 +74,7 @@ def _header(task: str, preset: Preset, weights: str, dataset: ActionDataset, spl
         "task": task,
         "preset": to_dict(preset),
         "weights": weights if weights == "random" else str(Path(weights).resolve()),
-        "dataset": type(dataset).__name__,
+        "dataset": dataset.describe(),
         "split": split,
         "clips": len(dataset),
     }
@@ -139,10 +141,13 @@ def evaluate_action(
     split: str = "val",
     device: str = "cpu",
     progress: bool = True,
+    prefetch: bool = True,
 ) -> list[ActionResult]:
     """Evaluate each preset on ``dataset``; returns the results (on the first process; others return []).
 
     Predictions go to ``out_dir/<preset>/part-*.jsonl`` as clips finish and results to ``out_dir/results.json``.
+    With ``prefetch`` the next clip is decoded in a thread while the model runs (turn it off to time the model
+    step alone on a CPU).
     """
     info, device = setup(device)
     if not presets:
@@ -173,8 +178,8 @@ def evaluate_action(
         len(todo), f"{task} ({len(presets)} preset{'s' * (len(presets) > 1)})", progress and info.main, "clip"
     )
     try:
-        for clip in todo:
-            _run_clip(clip, dataset, presets, runtimes, models, logs, done)
+        for clip, loaded in zip(todo, _decoded(dataset, todo, prefetch), strict=True):
+            _run_clip(clip, loaded, presets, runtimes, models, logs, done)
             bar.update(1)
     finally:
         bar.close()
@@ -193,9 +198,35 @@ def _finished(log: ResultLog) -> set[str]:
     return {key for key, record in log.records() if "error" not in record}
 
 
+_Loaded = tuple[np.ndarray | None, str | None, float]  # frames or None, the error, decoding seconds
+
+
+def _load(dataset: ActionDataset, clip: ActionClip) -> _Loaded:
+    start = time.perf_counter()
+    try:
+        return dataset.load(clip), None, time.perf_counter() - start
+    except ActionDataError as exc:
+        return None, str(exc), time.perf_counter() - start
+
+
+def _decoded(dataset: ActionDataset, clips: Sequence[ActionClip], prefetch: bool) -> Iterator[_Loaded]:
+    """Each clip decoded, in order; with ``prefetch`` the next one is decoded in a thread meanwhile."""
+    if not prefetch:
+        yield from (_load(dataset, clip) for clip in clips)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_load, dataset, clips[0]) if clips else None
+        for i in range(len(clips)):
+            assert pending is not None
+            loaded = pending.result()
+            if i + 1 < len(clips):
+                pending = pool.submit(_load, dataset, clips[i + 1])
+            yield loaded
+
+
 def _run_clip(
     clip: ActionClip,
-    dataset: ActionDataset,
+    loaded: _Loaded,
     presets: Sequence[Preset],
     runtimes: dict[str, Any],
     models: _Models,
@@ -203,15 +234,12 @@ def _run_clip(
     done: dict[str, set[str]],
 ) -> None:
     pending = [p for p in presets if clip.id not in done[p.name]]
-    start = time.perf_counter()
-    try:
-        video = dataset.load(clip)
-    except ActionDataError as exc:
-        logger.warning("clip %s: %s", clip.id, exc)
+    video, error, decode = loaded
+    if video is None:
+        logger.warning("clip %s: %s", clip.id, error)
         for p in pending:
-            logs[p.name].append(clip.id, {"error": str(exc)})
+            logs[p.name].append(clip.id, {"error": error})
         return
-    decode = time.perf_counter() - start
     views: dict[tuple[Any, ...], torch.Tensor] = {}
     for p in pending:
         key = _view_key(p)

@@ -64,7 +64,7 @@ def _meta(preset: Preset, weights: str | Path | None, dataset: ActionDataset, sp
         "preset": preset.name,
         "config": to_dict(preset),
         "weights": weights_name(weights),
-        "dataset": getattr(dataset, "name", type(dataset).__name__),
+        "dataset": dataset.describe(),
         "split": split,
         "count": len(dataset),
         "dtype": dtype,

@@ -73,7 +73,7 @@ def temporal_job(
                 cache.meta.get("weights"),
                 weights_name(weights),
             )
-    nouns = model.head_noun is not None and train_set.has_nouns
+    nouns = cfg.train_nouns and model.head_noun is not None and train_set.has_nouns
     model.requires_grad_(False)
     for part in (model.temporal, model.head, model.head_noun if nouns else None):
         if part is not None:

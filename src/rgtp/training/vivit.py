@@ -95,7 +95,7 @@ class ClipViewClassifier(nn.Module):
 def _describe(dataset: ActionDataset) -> dict[str, object]:
     root = getattr(dataset, "root", None)
     return {
-        "dataset": getattr(dataset, "name", type(dataset).__name__),
+        "dataset": dataset.describe(),
         "root": None if root is None else str(Path(root).resolve()),
         "clips": len(dataset),
         "ids": fingerprint(c.id for c in dataset),
@@ -110,13 +110,13 @@ def vivit_job(
     cfg: TrainConfig,
     device: str = "cpu",
 ) -> TrainJob:
-    """The whole-model job: every parameter trainable (the noun head only if the training data has nouns)."""
+    """The whole-model job: every parameter trainable (the noun head only with ``train_nouns`` and noun labels)."""
     model = build_vivit(preset, weights, device, dropout=cfg.dropout, seed=cfg.seed)
     if len(train_data.classes) != model.cfg.num_classes:
         raise ValueError(
             f"the dataset has {len(train_data.classes)} classes; the model predicts {model.cfg.num_classes}"
         )
-    nouns = model.head_noun is not None and bool(train_data.nouns)
+    nouns = cfg.train_nouns and model.head_noun is not None and bool(train_data.nouns)
     if model.head_noun is not None and not nouns:
         model.head_noun.requires_grad_(False)
     identity = {
