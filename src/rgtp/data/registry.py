@@ -42,4 +42,7 @@ def dataset_for_preset(preset_name: str) -> str:
         return "kinetics400"
     if preset_name.startswith("vivit_epic"):
         return "epic-kitchens"
-    raise ConfigError(f"preset {preset_name!r} is not a Kinetics-400 (vivit_k400*) or EPIC (vivit_epic*) preset")
+    raise ConfigError(
+        f"preset {preset_name!r} is not a Kinetics-400 (vivit_k400*) or EPIC (vivit_epic*) preset; "
+        f"name the dataset with --dataset ({', '.join(ACTION_DATASETS)})"
+    )
