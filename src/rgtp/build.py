@@ -14,7 +14,7 @@ from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.runtime import DenseViTDet, RGTPViTDet, RGTPViViT
 
-__all__ = ["WeightsError", "build_model", "build_runtime", "load_weights", "with_weights_nouns"]
+__all__ = ["ModelPool", "WeightsError", "build_model", "build_runtime", "load_weights", "with_weights_nouns"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,25 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise WeightsError(f"weights {path} do not fit the model: " + " | ".join(problems))
     model.load_state_dict(state, strict=not parts)
     logger.info("loaded %d tensors from %s", len(state), path)
+
+
+class ModelPool:
+    """Models for several presets: one per distinct model configuration (presets that differ only in pruning share
+    it). The weights file is read once; later models (another input size) copy the first one's parameters."""
+
+    def __init__(self, weights: str | Path | None, device: torch.device | str = "cpu") -> None:
+        self.weights, self.device = weights, device
+        self.models: dict[object, nn.Module] = {}
+
+    def get(self, preset: Preset) -> nn.Module:
+        if preset.model not in self.models:
+            model = build_model(preset, self.device)
+            if self.models:
+                model.load_state_dict(next(iter(self.models.values())).state_dict())
+            elif self.weights is not None:
+                load_weights(model, self.weights)
+            self.models[preset.model] = model
+        return self.models[preset.model]
 
 
 def _weights_num_nouns(weights: str | Path | None) -> int:

@@ -67,7 +67,7 @@ class ActionDataset:
         runs with different readers must not be mixed on resume."""
         keys = ("root", "layout", "fps", "short_side")
         found = {k: getattr(self, k) for k in keys if hasattr(self, k)}
-        return {"name": self.name, **{k: str(v) if isinstance(v, Path) else v for k, v in found.items()}}
+        return {"name": self.name, **{k: str(v.resolve()) if isinstance(v, Path) else v for k, v in found.items()}}
 
 
 def preset_views(video: np.ndarray, preset: Preset) -> Tensor:

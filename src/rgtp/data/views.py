@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MEAN", "STD", "make_views", "spatial_offsets", "temporal_starts"]
+__all__ = ["MEAN", "STD", "make_views", "normalize_resize", "pad_frames", "spatial_offsets", "temporal_starts"]
 
 MEAN, STD = 0.45, 0.225  # per channel, on frames scaled to [0, 1]
 
@@ -29,6 +29,25 @@ def spatial_offsets(size: int, crop: int, count: int = 3) -> list[int]:
     return _spread(count, size - crop)
 
 
+def pad_frames(video: Tensor, span: int) -> Tensor:
+    """Repeat the last frame of a (T, ...) video until it has at least ``span`` frames."""
+    if video.shape[0] >= span:
+        return video
+    return torch.cat([video, video[-1:].expand(span - video.shape[0], *video.shape[1:])])
+
+
+def normalize_resize(frames: Tensor, crop: int) -> Tensor:
+    """uint8 frames (..., H, W) -> scaled to [0, 1], normalised (mean 0.45, std 0.225), resized (bilinear) so that the
+    short side equals ``crop``. Normalising before resizing follows the reference (spec §1.2)."""
+    t = (frames.float() / 255.0 - MEAN) / STD
+    h, w = t.shape[-2:]
+    scale = max(crop / h, crop / w)
+    nh, nw = max(crop, round(h * scale)), max(crop, round(w * scale))
+    lead = t.shape[:-2]
+    t = F.interpolate(t.reshape(1, -1, h, w), size=(nh, nw), mode="bilinear", align_corners=False)  # (1, *, nh, nw)
+    return t.view(*lead, nh, nw)
+
+
 def make_views(
     video: np.ndarray | Tensor, frames: int, stride: int, crop: int, views: tuple[int, int] = (3, 4)
 ) -> Tensor:
@@ -45,18 +64,11 @@ def make_views(
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected a (T, H, W, 3) video, got shape {tuple(x.shape)}")
     span = frames * stride
-    if x.shape[0] < span:
-        x = torch.cat([x, x[-1:].expand(span - x.shape[0], -1, -1, -1)])  # repeat the last frame
+    x = pad_frames(x, span)
     n_spatial, n_temporal = views
     clips = [x[s : s + span : stride] for s in temporal_starts(x.shape[0], span, n_temporal)]  # each (F, H, W, 3)
-    t = torch.stack(clips).permute(0, 4, 1, 2, 3).float() / 255.0  # (Tv, 3, F, H, W)
-    t = (t - MEAN) / STD
-    h, w = t.shape[-2:]
-    scale = max(crop / h, crop / w)
-    nh, nw = max(crop, round(h * scale)), max(crop, round(w * scale))
-    tv = t.shape[0]
-    t = F.interpolate(t.flatten(1, 2), size=(nh, nw), mode="bilinear", align_corners=False)  # (Tv, 3*F, nh, nw)
-    t = t.view(tv, 3, frames, nh, nw)
+    t = normalize_resize(torch.stack(clips).permute(0, 4, 1, 2, 3), crop)  # (Tv, 3, F, nh, nw)
+    nh, nw = t.shape[-2:]
     out = [
         t[:, :, :, y : y + crop, x0 : x0 + crop]
         for y, x0 in zip(spatial_offsets(nh, crop, n_spatial), spatial_offsets(nw, crop, n_spatial), strict=True)

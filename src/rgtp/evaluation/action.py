@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from rgtp.accounting import count_preset
-from rgtp.build import build_model, build_runtime, load_weights, with_weights_nouns
+from rgtp.build import ModelPool, build_runtime, with_weights_nouns
 from rgtp.config import Preset, ViViTConfig, to_dict
 from rgtp.data.action import ActionClip, ActionDataError, ActionDataset, preset_views
 from rgtp.evaluation.dist import barrier, setup, shard
@@ -78,27 +78,6 @@ def _header(task: str, preset: Preset, weights: str, dataset: ActionDataset, spl
         "split": split,
         "clips": len(dataset),
     }
-
-
-class _Models:
-    """One model per distinct configuration; the weights file is read once, later models copy the first."""
-
-    def __init__(self, weights: str | Path | None, device: str) -> None:
-        self.weights, self.device = weights, device
-        self.models: dict[ViViTConfig, ViViT] = {}
-
-    def get(self, preset: Preset) -> ViViT:
-        cfg = preset.model
-        assert isinstance(cfg, ViViTConfig)
-        if cfg not in self.models:
-            model = build_model(preset, self.device)
-            assert isinstance(model, ViViT)
-            if self.models:
-                model.load_state_dict(next(iter(self.models.values())).state_dict())
-            elif self.weights is not None:
-                load_weights(model, self.weights)
-            self.models[cfg] = model
-        return self.models[cfg]
 
 
 def _view_key(preset: Preset) -> tuple[Any, ...]:
@@ -152,7 +131,7 @@ def evaluate_action(
     info, device = setup(device)
     if not presets:
         raise ValueError("no presets to evaluate")
-    models = _Models(weights, device)
+    models = ModelPool(weights, device)
     presets = [with_weights_nouns(p, weights) for p in presets]
     for p in presets:
         if not isinstance(p.model, ViViTConfig):
@@ -229,7 +208,7 @@ def _run_clip(
     loaded: _Loaded,
     presets: Sequence[Preset],
     runtimes: dict[str, Any],
-    models: _Models,
+    models: ModelPool,
     logs: dict[str, ResultLog],
     done: dict[str, set[str]],
 ) -> None:
@@ -247,7 +226,9 @@ def _run_clip(
             t0 = time.perf_counter()
             views[key] = preset_views(video, p)  # (views, 3, frames, crop, crop)
             decode += time.perf_counter() - t0
-        record = _classify(runtimes[p.name], models.get(p), views[key], clip)
+        model = models.get(p)
+        assert isinstance(model, ViViT)
+        record = _classify(runtimes[p.name], model, views[key], clip)
         record["decode_seconds"] = round(decode, 5)
         logs[p.name].append(clip.id, record)
 

@@ -6,11 +6,12 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "barrier", "cleanup", "init_distributed", "setup", "shard"]
+__all__ = ["DistInfo", "barrier", "cleanup", "gather", "init_distributed", "setup", "shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +66,12 @@ def barrier() -> None:
 def shard(n: int, info: DistInfo) -> range:
     """Indices of the work units this process owns (round robin, so long and short units spread evenly)."""
     return range(info.rank, n, info.world)
+
+
+def gather(obj: Any, info: DistInfo) -> list[Any]:
+    """Every process's ``obj``, in rank order, on every process (``[obj]`` in a single process)."""
+    if info.world == 1:
+        return [obj]
+    parts: list[Any] = [None] * info.world
+    dist.all_gather_object(parts, obj)
+    return parts

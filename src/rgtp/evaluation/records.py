@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["ResultLog", "ResumeError", "environment", "write_results"]
+__all__ = ["ResultLog", "ResumeError", "atomic_write_text", "environment", "write_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,14 @@ def write_results(path: Path, results: list[_Result]) -> None:
     new = {r.preset for r in results}
     old = json.loads(path.read_text()) if path.is_file() else []
     merged = [r for r in old if r.get("preset") not in new] + [r.to_dict() for r in results]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step (a hidden temporary file, then a rename): readers and an
+    interrupted run never see a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from rgtp.accounting import count_preset
-from rgtp.build import build_model, build_runtime, load_weights
+from rgtp.build import ModelPool, build_runtime
 from rgtp.config import Preset, ViTDetConfig, to_dict
 from rgtp.data.vid import VIDDataset, VIDFrame, VIDSequence, load_frame
 from rgtp.evaluation.dist import DistInfo, barrier, setup, shard
@@ -190,29 +190,16 @@ def evaluate_vid(
     weights_name = "random" if weights is None else str(weights)
     if weights is None:
         logger.warning("no weights given: evaluating RANDOM weights (mAP is meaningless; compute and speed are real)")
-    models: dict[ViTDetConfig, ViTDet] = {}
+    models = ModelPool(weights, device)
     results = []
     for preset in presets:
-        model = _model_for(preset, models, weights, device)
+        model = models.get(preset)
+        assert isinstance(model, ViTDet)
         result = _evaluate_preset(dataset, preset, model, weights_name, out_dir, split, info, progress)
         if result is not None:
             results.append(result)
             write_results(out_dir / "results.json", results)
     return results
-
-
-def _model_for(preset: Preset, models: dict[ViTDetConfig, ViTDet], weights: str | Path | None, device: str) -> ViTDet:
-    cfg = preset.model
-    assert isinstance(cfg, ViTDetConfig)
-    if cfg not in models:
-        model = build_model(preset, device)
-        assert isinstance(model, ViTDet)
-        if models:  # same parameters, another input size: copy instead of reading the file again
-            model.load_state_dict(next(iter(models.values())).state_dict())
-        elif weights is not None:
-            load_weights(model, weights)
-        models[cfg] = model
-    return models[cfg]
 
 
 def _evaluate_preset(

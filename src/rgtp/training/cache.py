@@ -28,13 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from rgtp.build import build_runtime
 from rgtp.config import Preset, ViViTConfig, from_dict, to_dict
 from rgtp.data.action import ActionClip, ActionDataError, ActionDataset, preset_views
-from rgtp.evaluation.dist import DistInfo, barrier, setup, shard
-from rgtp.evaluation.records import ResumeError
+from rgtp.evaluation.dist import DistInfo, barrier, gather, setup, shard
+from rgtp.evaluation.records import ResumeError, atomic_write_text
 from rgtp.progress import progress_bar
 from rgtp.training.common import build_vivit, weights_name
 
@@ -89,9 +88,7 @@ def _check_resume(directory: Path, meta: dict[str, Any]) -> None:
 
 
 def _write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    tmp = directory / f".{META}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(directory / META)
+    atomic_write_text(directory / META, json.dumps(meta, indent=2) + "\n")
 
 
 def _feature_path(directory: Path, index: int) -> Path:
@@ -111,14 +108,6 @@ def _save_features(path: Path, features: np.ndarray, clip: ActionClip) -> None:
 def _spatial_runtime(preset: Preset, weights: str | Path | None, device: str) -> Any:
     model = build_vivit(preset, weights, device)
     return build_runtime(preset, model)
-
-
-def _gather_failures(failed: dict[int, tuple[str, str]], info: DistInfo) -> dict[int, tuple[str, str]]:
-    if info.world == 1:
-        return failed
-    parts: list[Any] = [None] * info.world
-    dist.all_gather_object(parts, failed)
-    return {k: v for part in parts for k, v in part.items()}
 
 
 def cache_spatial(
@@ -150,7 +139,7 @@ def cache_spatial(
     runtime = _spatial_runtime(preset, weights, device)
     failed = _cache_clips(dataset, runtime, preset, directory, dtype, info, device, progress)
     barrier()
-    failed = _gather_failures(failed, info)
+    failed = {k: v for part in gather(failed, info) for k, v in part.items()}
     written = sum(1 for _ in directory.glob("*.npz"))
     if info.main:
         meta["written"] = written

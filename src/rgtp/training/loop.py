@@ -46,8 +46,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from rgtp.config import ConfigError, Preset, ViViTConfig, to_dict
-from rgtp.evaluation.dist import DistInfo, barrier, shard
-from rgtp.evaluation.records import ResumeError
+from rgtp.evaluation.dist import DistInfo, barrier, gather, shard
+from rgtp.evaluation.records import ResumeError, atomic_write_text
 from rgtp.models.vivit import ViViT
 from rgtp.progress import progress_bar
 
@@ -58,6 +58,7 @@ __all__ = [
     "FitResult",
     "TrainConfig",
     "TrainJob",
+    "ViewAveraged",
     "default_splits",
     "fit",
     "make_config",
@@ -187,6 +188,22 @@ def _loader(dataset: Any, batches: Sequence[Sequence[int]], epoch: int, workers:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The job and the loop
+
+
+class ViewAveraged(nn.Module):
+    """A clip's views through the model, logits averaged over the views: the whole ViViT on decoded views, or
+    (``temporal_only``) the temporal encoder and classifier on cached spatial features."""
+
+    def __init__(self, model: ViViT, temporal_only: bool) -> None:
+        super().__init__()
+        self.model, self.temporal_only = model, temporal_only
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, views, ...) -> (B, classes [+ nouns]); ``...`` is (steps, C) or (3, F, H, W)."""
+        b, v = x.shape[:2]
+        flat = x.flatten(0, 1)  # (B * views, ...)
+        logits = self.model.classify(flat) if self.temporal_only else self.model(flat)  # (B * views, K)
+        return logits.view(b, v, -1).mean(dim=1)  # (B, K)
 
 
 @dataclass
@@ -375,10 +392,7 @@ def _validate(job: TrainJob, cfg: TrainConfig, info: DistInfo, progress: bool) -
             bar.update(len(batch.indices) + len(batch.failed))
     finally:
         bar.close()
-    if info.world > 1:
-        parts: list[Any] = [None] * info.world
-        dist.all_gather_object(parts, rows)
-        rows = [r for part in parts for r in part]
+    rows = [r for part in gather(rows, info) for r in part]
     return _summarize(sorted(rows), job.nouns), _gather_dict(failed, info)
 
 
@@ -439,7 +453,7 @@ def _end_epoch(
         _atomic_save({"model": job.model.state_dict(), "rgtp_meta": meta}, out / "last.pt")
         if improved:
             _atomic_save({"model": job.model.state_dict(), "rgtp_meta": meta}, out / "best.pt")
-        _write_history(out / "history.jsonl", state.history)
+        atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
         if any(state.failed.values()):
             _write_json(out / "failed.json", state.failed)
         _atomic_save(_checkpoint(job, opt, state, _identity(job, cfg)), out / "checkpoint.pt")  # the commit point
@@ -506,15 +520,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -530,8 +536,4 @@ def _all_sum(t: Tensor, info: DistInfo, device: torch.device) -> Tensor:
 
 
 def _gather_dict(d: dict[str, str], info: DistInfo) -> dict[str, str]:
-    if info.world == 1:
-        return d
-    parts: list[Any] = [None] * info.world
-    dist.all_gather_object(parts, d)
-    return {k: v for part in parts for k, v in part.items()}
+    return {k: v for part in gather(d, info) for k, v in part.items()}

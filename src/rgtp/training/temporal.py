@@ -12,32 +12,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from torch import Tensor, nn
-
 from rgtp.config import Preset, ViViTConfig, to_dict
 from rgtp.evaluation.dist import setup
-from rgtp.models.vivit import ViViT
 from rgtp.training.cache import FeatureCache
 from rgtp.training.common import build_vivit, weights_name
-from rgtp.training.loop import FitResult, TrainConfig, TrainJob, default_splits, fit, make_config, recipe_for
+from rgtp.training.loop import (
+    FitResult,
+    TrainConfig,
+    TrainJob,
+    ViewAveraged,
+    default_splits,
+    fit,
+    make_config,
+    recipe_for,
+)
 
-__all__ = ["CachedViewClassifier", "temporal_job", "train_temporal"]
+__all__ = ["temporal_job", "train_temporal"]
 
 logger = logging.getLogger(__name__)
-
-
-class CachedViewClassifier(nn.Module):
-    """The temporal encoder and classifier on cached spatial features, logits averaged over the views."""
-
-    def __init__(self, model: ViViT) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, features: Tensor) -> Tensor:
-        """(B, views, steps, C) spatial class tokens -> (B, classes [+ nouns]) view-averaged logits."""
-        b, v, s, c = features.shape
-        logits = self.model.classify(features.reshape(b * v, s, c))  # (B * views, K)
-        return logits.view(b, v, -1).mean(dim=1)  # (B, K)
 
 
 def _check_cache(cache: FeatureCache, cfg: ViViTConfig) -> None:
@@ -94,7 +86,7 @@ def temporal_job(
     return TrainJob(
         "temporal",
         model,
-        CachedViewClassifier(model),
+        ViewAveraged(model, temporal_only=True),
         train_set,
         val_set,
         train_set.feature_shape,

@@ -15,19 +15,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from rgtp.config import Preset, ViViTConfig, to_dict
 from rgtp.data.action import ActionDataError, ActionDataset, preset_views
-from rgtp.data.views import MEAN, STD
+from rgtp.data.views import normalize_resize, pad_frames
 from rgtp.evaluation.dist import setup
-from rgtp.models.vivit import ViViT
 from rgtp.training.common import build_vivit, fingerprint, weights_name
-from rgtp.training.loop import Failure, FitResult, Item, TrainConfig, TrainJob, fit, make_config, recipe_for
+from rgtp.training.loop import (
+    Failure,
+    FitResult,
+    Item,
+    TrainConfig,
+    TrainJob,
+    ViewAveraged,
+    fit,
+    make_config,
+    recipe_for,
+)
 
-__all__ = ["ClipSamples", "ClipViewClassifier", "random_view", "train_vivit", "vivit_job"]
+__all__ = ["ClipSamples", "random_view", "train_vivit", "vivit_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +44,11 @@ def random_view(video: np.ndarray | Tensor, preset: Preset, rng: np.random.Gener
     """One random training view of a (T, H, W, 3) uint8 video: -> (3, frames, crop, crop), normalised."""
     cfg = preset.model
     assert isinstance(cfg, ViViTConfig)
-    x = torch.as_tensor(video)
     span, crop = cfg.num_frames * preset.temporal_stride, cfg.img_size
-    if x.shape[0] < span:
-        x = torch.cat([x, x[-1:].expand(span - x.shape[0], -1, -1, -1)])  # repeat the last frame
+    x = pad_frames(torch.as_tensor(video), span)
     start = int(rng.integers(0, x.shape[0] - span + 1))
-    t = x[start : start + span : preset.temporal_stride].permute(3, 0, 1, 2).float() / 255.0  # (3, F, H, W)
-    t = (t - MEAN) / STD
-    h, w = t.shape[-2:]
-    scale = max(crop / h, crop / w)
-    nh, nw = max(crop, round(h * scale)), max(crop, round(w * scale))
-    t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)  # (3, F, nh, nw)
+    t = normalize_resize(x[start : start + span : preset.temporal_stride].permute(3, 0, 1, 2), crop)  # (3, F, h, w)
+    nh, nw = t.shape[-2:]
     y0, x0 = int(rng.integers(0, nh - crop + 1)), int(rng.integers(0, nw - crop + 1))
     t = t[..., y0 : y0 + crop, x0 : x0 + crop]  # (3, F, crop, crop)
     if rng.random() < 0.5:
@@ -78,25 +80,9 @@ class ClipSamples(Dataset):
         return preset_views(video, self.preset), clip.label, clip.noun  # (views, 3, F, crop, crop)
 
 
-class ClipViewClassifier(nn.Module):
-    """The whole ViViT on the views of each clip, logits averaged over the views."""
-
-    def __init__(self, model: ViViT) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, clips: Tensor) -> Tensor:
-        """(B, views, 3, F, H, W) -> (B, classes [+ nouns]) view-averaged logits."""
-        b, v = clips.shape[:2]
-        logits = self.model(clips.flatten(0, 1))  # (B * views, K)
-        return logits.view(b, v, -1).mean(dim=1)  # (B, K)
-
-
 def _describe(dataset: ActionDataset) -> dict[str, object]:
-    root = getattr(dataset, "root", None)
     return {
-        "dataset": dataset.describe(),
-        "root": None if root is None else str(Path(root).resolve()),
+        "dataset": dataset.describe(),  # name, resolved root, decoding options
         "clips": len(dataset),
         "ids": fingerprint(c.id for c in dataset),
     }
@@ -128,7 +114,7 @@ def vivit_job(
     return TrainJob(
         "vivit",
         model,
-        ClipViewClassifier(model),
+        ViewAveraged(model, temporal_only=False),
         ClipSamples(train_data, preset, True, cfg.seed),
         ClipSamples(val_data, preset, False),
         (1, 3, c.num_frames, c.img_size, c.img_size),
