@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from rgtp.accounting import count_preset
-from rgtp.presets import PAPER, get_preset, preset_names
+from rgtp.presets import PAPER, get_preset
 
 
 def _pct(ours: float, ref: float) -> str:
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/flops_table.json")
     args = parser.parse_args()
     rows, vitdet_lines, vivit_lines = [], [], []
-    for name in preset_names():
+    for name in PAPER:
         acc, paper = count_preset(get_preset(name)), PAPER[name]
         rows.append(acc.to_dict())
         if acc.family == "vitdet":

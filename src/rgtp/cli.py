@@ -54,7 +54,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
     for name in preset_names():
         preset = get_preset(name)
-        print(f"{name:28s} {PAPER[name].accuracy:6.2f}  {preset.description}")
+        paper = f"{PAPER[name].accuracy:6.2f}" if name in PAPER else "     -"
+        print(f"{name:28s} {paper}  {preset.description}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Named presets: every row of the paper's result tables (spec §11), as builder functions in a registry.
 
 ``get_preset(name)`` returns a frozen :class:`~rgtp.config.Preset`; ``PAPER[name]`` holds what the paper (and the
-reference code) report for that row, so tools can print ours next to theirs.
+reference code) report for that row, so tools can print ours next to theirs. The small ``shapes_*``, ``pedestrians_*``
+and ``motions_*`` presets are the offline benchmark's models (:mod:`rgtp.bench`), trained here; they have no paper row.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from functools import partial
 
 from rgtp.config import (
     ConfigError,
+    DetectorConfig,
     Preset,
     RGTPConfig,
     RolloutConfig,
@@ -43,11 +45,13 @@ class Reported:
 PAPER: dict[str, Reported] = {}
 
 
-def register(name: str, builder: Callable[[], Preset], reported: Reported) -> None:
+def register(name: str, builder: Callable[[], Preset], reported: Reported | None = None) -> None:
+    """Add a preset; ``reported`` holds the paper's figures for rows of its tables (None for our own presets)."""
     if name in PRESETS:
         raise ValueError(f"preset {name!r} registered twice")
     PRESETS[name] = builder
-    PAPER[name] = reported
+    if reported is not None:
+        PAPER[name] = reported
 
 
 def preset_names() -> list[str]:
@@ -155,3 +159,82 @@ _VIVIT_ROWS = {
 }
 for _name, (_ds, _args, _kept, _acc, _tmacs) in _VIVIT_ROWS.items():
     register(_name, partial(_vivit, _name, _ds, _args), Reported(_acc, clip_tmacs=_tmacs, kept=_kept))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Small models of the offline benchmark (rgtp.bench): trained on CPU here, with the paper's settings scaled to the grid
+
+
+def small_detector(num_classes: int) -> ViTDetConfig:
+    """A ViTDet-style detector for 256x256 inputs: 16x16 tokens, 6 blocks (windows of 8x8, global blocks 2 and 5),
+    the simple feature pyramid and a Faster R-CNN head sized down (anchors 16..256, fewer proposals)."""
+    head = DetectorConfig(
+        num_classes=num_classes,
+        anchor_sizes=(16, 32, 64, 128, 256),
+        pre_nms_topk=400,
+        post_nms_topk=100,
+        box_convs=2,
+        box_conv_dim=64,
+        box_fc_dim=256,
+        max_detections=50,
+    )
+    return ViTDetConfig(
+        img_size=256,
+        embed_dim=128,
+        depth=6,
+        num_heads=4,
+        window_size=8,
+        global_blocks=(2, 5),
+        pos_embed_grid=16,
+        rel_pos_grid=16,
+        pyramid_dim=64,
+        head=head,
+    )
+
+
+def small_vivit(num_classes: int) -> ViViTConfig:
+    """A factorised ViViT for 16-frame 96x96 clips: tubelets 2x8x8 (8 steps of 12x12 tokens), 4 spatial blocks,
+    2 temporal blocks, width 96."""
+    return ViViTConfig(
+        img_size=96,
+        num_frames=16,
+        tubelet=(2, 8, 8),
+        embed_dim=96,
+        depth=4,
+        temporal_depth=2,
+        num_heads=4,
+        num_classes=num_classes,
+    )
+
+
+SHAPES_CLASSES = 6  # rgtp.data.shapes.SHAPES_CLASSES
+MOTIONS_CLASSES = 10  # rgtp.data.motions.MOTION_CLASSES
+
+
+def _small_det(name: str, task: str, keep_ratio: float | None) -> Preset:
+    model = small_detector(SHAPES_CLASSES if task == "shapes" else 1)
+    rgtp = None
+    what = "dense"
+    if keep_ratio is not None:
+        rgtp = _vitdet_rgtp(1024, keep_ratio)  # backward rollout, no pooling at 16x16
+        what = f"RGTP keep_ratio={keep_ratio}, full frame every 8"
+    label = "generated shapes" if task == "shapes" else "vtest.avi pedestrians"
+    return Preset(name, model, rgtp, description=f"small ViTDet, {label} (rgtp bench): {what}")
+
+
+def _small_vivit(name: str, keep_ratio: float | None) -> Preset:
+    rgtp = None
+    what = "dense"
+    if keep_ratio is not None:
+        rgtp = _vivit_rgtp(keep_ratio, 1.0, 0.0, 4, "1in2")
+        what = f"RGTP keep_ratio={keep_ratio}, 1in2 grid every 4 steps"
+    model = small_vivit(MOTIONS_CLASSES)
+    return Preset(name, model, rgtp, views=(1, 1), description=f"small ViViT, generated motions (rgtp bench): {what}")
+
+
+register("shapes_det_base", partial(_small_det, "shapes_det_base", "shapes", None))
+register("shapes_det_rgtp", partial(_small_det, "shapes_det_rgtp", "shapes", 0.3))
+register("pedestrians_det_base", partial(_small_det, "pedestrians_det_base", "pedestrians", None))
+register("pedestrians_det_rgtp", partial(_small_det, "pedestrians_det_rgtp", "pedestrians", 0.3))
+register("motions_base", partial(_small_vivit, "motions_base", None))
+register("motions_rgtp", partial(_small_vivit, "motions_rgtp", 0.3))
