@@ -214,3 +214,57 @@ def test_vitdet_runs_in_other_dtypes_with_detections(tiny_vitdet: ViTDet, dtype:
         for x in _frames(2):
             result = runtime.step(x.to(dtype), state)
         assert result.importance.dtype == dtype and torch.isfinite(result.importance.float()).all()
+
+
+def _with_policy(cfg, **selection):
+    return dataclasses.replace(cfg, selection=dataclasses.replace(cfg.selection, **selection))
+
+
+@pytest.mark.parametrize("policy", ["uniform", "random"])
+def test_vitdet_unguided_policies_keep_k_tokens_without_rollout(tiny_vitdet: ViTDet, policy: str) -> None:
+    runtime = RGTPViTDet(tiny_vitdet, _with_policy(vitdet_rgtp(keep_ratio=0.3), policy=policy))
+    state = runtime.new_state()
+    kept = []
+    for x in _frames(4, batch=2):
+        result = runtime.step(x, state)
+        assert result.importance is None and not state.attn_rows  # no rollout is computed
+        if result.kind is FrameKind.ROLLOUT:
+            assert result.keep_idx.shape == (2, 30)
+            assert torch.all(result.keep_idx[:, 1:] > result.keep_idx[:, :-1])
+            kept.append(result.keep_idx)
+    assert not torch.equal(kept[0], kept[1])  # the subset changes from frame to frame
+    if policy == "uniform":
+        assert torch.equal(kept[0][0], kept[0][1])  # the same pattern for every stream
+    again = RGTPViTDet(tiny_vitdet, runtime.cfg)
+    state2 = again.new_state()
+    redo = [again.step(x, state2).keep_idx for x in _frames(4, batch=2)][1:]
+    assert all(torch.equal(a, b) for a, b in zip(kept, redo, strict=True))  # reproducible
+
+
+def test_vitdet_box_policy_keeps_the_tokens_of_previous_boxes(tiny_vitdet: ViTDet) -> None:
+    box = torch.tensor([[16.0, 16.0, 40.0, 32.0]])  # columns 2..4, rows 2..3 of the 10x10 grid (stride 8)
+    head = lambda feats: [Detections(box, torch.tensor([0.9]), torch.tensor([0]))]  # noqa: E731
+    for margin, expected in ((0, 6), (1, 20)):
+        cfg = _with_policy(vitdet_rgtp(keep_ratio=0.3), policy="boxes", box_margin=margin)
+        runtime = RGTPViTDet(tiny_vitdet, cfg, head=head)
+        state = runtime.new_state()
+        first = runtime.step(_frames(1)[0], state)
+        assert (first.importance > 0).sum() == expected and not state.attn_rows
+        second = runtime.step(_frames(2)[1], state)
+        assert second.num_kept == expected
+        rows, cols = second.keep_idx[0] // 10, second.keep_idx[0] % 10
+        assert rows.min() == 2 - margin and rows.max() == 3 + margin and cols.min() == 2 - margin
+        assert cols.max() == 4 + margin
+
+
+@pytest.mark.parametrize("policy", ["uniform", "random"])
+def test_vivit_unguided_policies(tiny_vivit: ViViT, policy: str) -> None:
+    cfg = _with_policy(vivit_rgtp(keep_ratio=0.3), policy=policy)
+    runtime = RGTPViViT(tiny_vivit, cfg)
+    clip = torch.randn(2, 3, tiny_vivit.cfg.num_frames, tiny_vivit.cfg.img_size, tiny_vivit.cfg.img_size)
+    result = runtime.run_clip(clip)
+    assert result.logits.shape == (2, tiny_vivit.cfg.num_classes)
+    assert all(s.importance is None for s in result.steps)
+    assert runtime.last_state_nbytes > 0
+    with pytest.raises(ValueError, match="ViTDet only"):
+        RGTPViViT(tiny_vivit, _with_policy(cfg, policy="boxes"))

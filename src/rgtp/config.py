@@ -182,8 +182,16 @@ class SelectionConfig:
     fg_ratio: float = 1.0  # keep every round(1 / fg_ratio)-th of the K_fg top tokens, by rank
     bg_ratio: float = 0.0  # also keep every round(1 / bg_ratio)-th of the other tokens, in raster order (0: none)
     curve_order: bool = False  # count both strides along a Gilbert curve instead
+    # What chooses the tokens of ROLLOUT steps. rollout: the method. The others are the benchmark's baselines and
+    # ablations, run through the same pipeline (buffers, schedule): uniform / random subsets of the same size, or
+    # (ViTDet) the tokens inside the previous frame's boxes grown by box_margin tokens (MaskVD-style; no rollout).
+    policy: Literal["rollout", "uniform", "random", "boxes"] = "rollout"
+    box_margin: int = 1
+    seed: int = 0  # policy random: the draws of step t are seeded by (seed, t)
 
     def __post_init__(self) -> None:
+        _one_of("policy", self.policy, ("rollout", "uniform", "random", "boxes"))
+        _check(self.box_margin >= 0, f"box_margin must be >= 0, got {self.box_margin}")
         _check(0.0 < self.keep_ratio <= 1.0, f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         _check(0.0 < self.fg_ratio <= 1.0, f"fg_ratio must be in (0, 1], got {self.fg_ratio}")
         _check(0.0 <= self.bg_ratio <= 1.0, f"bg_ratio must be in [0, 1], got {self.bg_ratio}")

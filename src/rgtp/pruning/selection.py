@@ -5,6 +5,10 @@ of shape (B, K) in ascending (raster) order. Shapes are static: K depends on N a
 so the same code runs on meta tensors (for compute accounting) and under CUDA graphs.
 
 Ties are broken deterministically on every device: higher score first, then lower raster index (a stable sort).
+
+Besides the method's own rule (:func:`select_fg_bg` on the warped rollout), the naive baselines of the benchmark live
+here: :func:`uniform_subset` and :func:`random_subset` (same K, no guidance) and :func:`box_tokens` (MaskVD-style:
+the tokens inside the previous frame's boxes; the one selection whose size depends on the data).
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ __all__ = [
     "keep_count",
     "match_pruned",
     "rank_descending",
+    "box_tokens",
+    "random_subset",
     "select_fg_bg",
     "select_topk",
+    "uniform_subset",
 ]
 
 GRID_PATTERNS = ("1in2", "1in4", "1in9")
@@ -62,6 +69,39 @@ def select_topk(scores: Tensor, k: int) -> Tensor:
     if not 0 < k <= scores.shape[-1]:
         raise ValueError(f"k must be in [1, {scores.shape[-1]}], got {k}")
     return rank_descending(scores)[:, :k].sort(dim=-1).values
+
+
+def uniform_subset(num_tokens: int, k: int, t: int, device: torch.device | str | None = None) -> Tensor:
+    """k tokens evenly spaced in raster order, the pattern shifted at every step: -> (1, k) ascending.
+
+    Token i of the subset is floor((i + phase) * N / k), with phase = frac(t * 0.618...) in [0, 1): a stride of
+    N / k >= 1 keeps the indices distinct, and the golden-ratio phase walks over the grid so that, over a few steps,
+    every token is refreshed.
+    """
+    if not 0 < k <= num_tokens:
+        raise ValueError(f"k must be in [1, {num_tokens}], got {k}")
+    phase = (t * 0.6180339887498949) % 1.0
+    idx = torch.floor((torch.arange(k, dtype=torch.float64) + phase) * (num_tokens / k)).long()
+    return idx.clamp_(max=num_tokens - 1)[None].to(device)
+
+
+def random_subset(batch: int, num_tokens: int, k: int, seed: int, device: torch.device | str | None = None) -> Tensor:
+    """k tokens drawn uniformly without replacement for each stream, reproducibly from ``seed``: -> (B, k) ascending."""
+    if not 0 < k <= num_tokens:
+        raise ValueError(f"k must be in [1, {num_tokens}], got {k}")
+    gen = torch.Generator().manual_seed(seed)
+    draws = torch.rand(batch, num_tokens, generator=gen)  # (B, N) on the CPU: the same draws on every device
+    return draws.topk(k, dim=-1).indices.sort(dim=-1).values.to(device)
+
+
+def box_tokens(anchors: Tensor, margin: int) -> Tensor:
+    """Tokens inside boxes, grown by ``margin`` tokens on every side: (B, H, W) bool -> (B, N) bool."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    grown = anchors.float()[:, None]  # (B, 1, H, W)
+    if margin:
+        grown = torch.nn.functional.max_pool2d(grown, 2 * margin + 1, stride=1, padding=margin)
+    return grown.flatten(1) > 0  # (B, N)
 
 
 def select_fg_bg(

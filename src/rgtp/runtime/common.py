@@ -7,7 +7,17 @@ from torch import Tensor
 
 from rgtp.config import RGTPConfig
 from rgtp.pruning.schedule import FrameKind
-from rgtp.pruning.selection import fg_bg_count, gilbert_rank, grid_pattern, keep_count, select_fg_bg, stride_of
+from rgtp.pruning.selection import (
+    fg_bg_count,
+    gilbert_rank,
+    grid_pattern,
+    keep_count,
+    random_subset,
+    select_fg_bg,
+    select_topk,
+    stride_of,
+    uniform_subset,
+)
 from rgtp.pruning.state import StreamState
 from rgtp.pruning.tracking import warp_importance
 
@@ -25,7 +35,8 @@ def scatter_rows_(buffer: Tensor, idx: Tensor, rows: Tensor) -> Tensor:
 
 
 def kept_count(kind: FrameKind, num_tokens: int, grid: tuple[int, int], cfg: RGTPConfig) -> int:
-    """Tokens kept after block 0 at a step of this kind (N on FULL steps)."""
+    """Tokens kept after block 0 at a step of this kind (N on FULL steps; policy ``boxes``: an upper bound, the count
+    depends on the detections)."""
     if kind is FrameKind.FULL:
         return num_tokens
     if kind is FrameKind.GRID:
@@ -51,12 +62,20 @@ def choose_tokens(
     if kind is FrameKind.GRID:
         keep = grid_pattern(grid[0], grid[1], cfg.schedule.grid_pattern, embeds.device)
         return keep.expand(b, -1), None
-    if state.importance is None or state.features is None:
-        raise RuntimeError(f"step {state.t} is a rollout step but the stream has no previous step; call reset()")
     sel = cfg.selection
     num_fg = keep_count(n, sel.keep_ratio)
     if num_fg < 1:
         raise ValueError(f"keep_ratio {sel.keep_ratio} keeps no token of {n}")
+    k = fg_bg_count(n, sel.keep_ratio, sel.fg_ratio, sel.bg_ratio)
+    if sel.policy == "uniform":
+        return uniform_subset(n, k, state.t, embeds.device).expand(b, -1), None
+    if sel.policy == "random":
+        return random_subset(b, n, k, sel.seed * 1_000_003 + state.t, embeds.device), None
+    if state.importance is None or state.features is None:
+        raise RuntimeError(f"step {state.t} is a rollout step but the stream has no previous step; call reset()")
+    if sel.policy == "boxes":  # the previous frame's box tokens (state.importance > 0), no warp; the largest set
+        inside = state.importance > 0  # (B, N)
+        return select_topk(inside.to(state.importance.dtype), int(inside.sum(-1).max())), None
     scores = warp_importance(
         state.importance, embeds, state.features, grid, cfg.tracking.radius, cfg.tracking.rel_threshold_pct
     )

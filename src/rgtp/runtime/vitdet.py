@@ -30,7 +30,7 @@ from rgtp.pruning.rollout import (
     upsample_grid,
 )
 from rgtp.pruning.schedule import FrameKind, frame_kind
-from rgtp.pruning.selection import complement, match_pruned
+from rgtp.pruning.selection import box_tokens, complement, match_pruned
 from rgtp.pruning.state import StreamState
 from rgtp.runtime.common import choose_tokens, fill_pruned, gather_tokens, scatter_rows_
 
@@ -110,12 +110,15 @@ class RGTPViTDet(DenseViTDet):
 
         # Block 0: attention on every token, then prune, then the MLP on the kept tokens.
         blk = net.blocks[0]
-        need_keys = kind is not FrameKind.FULL and cfg.rollout.pruned_fill == "match"
-        att = blk.attn.attend(blk.attn.qkv(blk.norm1(x)), grid, need_probs=blk.is_global, need_keys=need_keys)
+        guided = cfg.selection.policy == "rollout"  # the other policies need no attention rows
+        need_keys = guided and kind is not FrameKind.FULL and cfg.rollout.pruned_fill == "match"
+        att = blk.attn.attend(
+            blk.attn.qkv(blk.norm1(x)), grid, need_probs=blk.is_global and guided, need_keys=need_keys
+        )
         keys0 = att.keys  # (B, N, d) head-averaged keys of block 0, to match pruned tokens to kept ones
         x = x + blk.attn.proj(att.out)
         with scope("rgtp"):
-            if blk.is_global:
+            if blk.is_global and guided:
                 self._record_rows(state, 0, att.probs, None)
             keep, scores = choose_tokens(kind, state, embeds, grid, cfg)
         if keep is not None:
@@ -126,8 +129,8 @@ class RGTPViTDet(DenseViTDet):
         for i in range(1, len(net.blocks)):
             blk = net.blocks[i]
             qkv = _buffered(state.qkv, i, blk.attn.qkv(blk.norm1(x)), keep)  # (B, N, 3C)
-            att = blk.attn.attend(qkv, grid, query_idx=keep, need_probs=blk.is_global)
-            if blk.is_global:
+            att = blk.attn.attend(qkv, grid, query_idx=keep, need_probs=blk.is_global and guided)
+            if blk.is_global and guided:
                 with scope("rgtp"):
                     self._record_rows(state, i, att.probs, keep)
             x = blk.mlp_residual(x + blk.attn.proj(att.out))
@@ -136,7 +139,7 @@ class RGTPViTDet(DenseViTDet):
         features = self.model.features(state.output)
         detections = self.detect(features)
         with scope("rgtp"):
-            importance = self._importance(state, detections, keep, keys0)
+            importance = self._next_importance(state, detections, keep, keys0)
         num_kept = embeds.shape[1] if keep is None else keep.shape[1]
         result = FrameResult(state.t, kind, num_kept, keep, scores, importance, features, detections)
         state.importance, state.features, state.t = importance, embeds, state.t + 1
@@ -158,6 +161,19 @@ class RGTPViTDet(DenseViTDet):
             state.attn_rows[block] = fused  # (B, N, N)
         else:
             scatter_rows_(state.attn_rows[block], keep, fused)
+
+    def _next_importance(
+        self, state: StreamState, detections: list[Detections] | None, keep: Tensor | None, keys0: Tensor | None
+    ) -> Tensor | None:
+        """What guides the next frame: the rollout heatmap, the box tokens (policy boxes), or nothing."""
+        policy = self.cfg.selection.policy
+        if policy == "rollout":
+            return self._importance(state, detections, keep, keys0)
+        if policy == "boxes":
+            anchors = self._anchors(detections, state.output.shape[0], state.output.device)  # (B, H, W)
+            inside = box_tokens(anchors, self.cfg.selection.box_margin).float()  # (B, N)
+            return normalize_sum(inside)
+        return None
 
     def _importance(
         self, state: StreamState, detections: list[Detections] | None, keep: Tensor | None, keys0: Tensor | None

@@ -36,7 +36,7 @@ class StepResult:
     num_kept: int  # patch tokens processed after block 0's attention
     keep_idx: Tensor | None  # (B, K) ascending, None on FULL steps
     scores: Tensor | None  # (B, N) warped importance that chose them (ROLLOUT steps)
-    importance: Tensor  # (B, N) heatmap of this step (guides the next)
+    importance: Tensor | None  # (B, N) heatmap of this step (guides the next); None for unguided policies
     cls: Tensor  # (B, C) spatial class token after the final LayerNorm
 
 
@@ -55,8 +55,11 @@ class RGTPViViT:
     def __init__(self, model: ViViT, cfg: RGTPConfig) -> None:
         if cfg.rollout.pool != 1:
             raise ValueError("the ViViT rollout is not pooled (rollout.pool must be 1)")
+        if cfg.selection.policy == "boxes":
+            raise ValueError("selection policy 'boxes' needs detections: it is for ViTDet only")
         self.model = model
         self.cfg = cfg
+        self.last_state_nbytes = 0  # bytes of the per-stream state at the end of the last clip (whole batch)
 
     def __call__(self, clip: Tensor) -> Tensor:
         """(B, 3, T, H, W) normalised views -> (B, classes) logits."""
@@ -73,7 +76,9 @@ class RGTPViViT:
         """The pruned spatial encoder over every step of fresh streams (one per view)."""
         tokens = self.model.embed(clip)  # (B, steps, N, C)
         state = StreamState()
-        return [self.step(tokens[:, t], state) for t in range(tokens.shape[1])]
+        steps = [self.step(tokens[:, t], state) for t in range(tokens.shape[1])]
+        self.last_state_nbytes = state.nbytes()
+        return steps
 
     def spatial_features(self, clip: Tensor) -> Tensor:
         """The pruned spatial encoder's class token per step: (B, 3, T, H, W) -> (B, steps, C)."""
@@ -86,28 +91,34 @@ class RGTPViViT:
         kind = frame_kind(state.t, cfg.schedule.reset_every, cfg.schedule.reset_mode)
         x = enc.tokens(embeds)  # (B, 1 + N, C)
         blk = enc.blocks[0]
-        need_keys = kind is not FrameKind.FULL and cfg.rollout.pruned_fill == "match"
-        att = blk.attn.attend(blk.attn.qkv(blk.norm1(x)), None, need_probs=True, need_keys=need_keys)
+        guided = cfg.selection.policy == "rollout"  # uniform / random subsets need no rollout
+        need_keys = guided and kind is not FrameKind.FULL and cfg.rollout.pruned_fill == "match"
+        att = blk.attn.attend(blk.attn.qkv(blk.norm1(x)), None, need_probs=guided, need_keys=need_keys)
         x = x + blk.attn.proj(att.out)
         prune = match = None
+        fused: list[Tensor] = []
         with scope("rgtp"):
-            fused = [fuse_heads(att.probs, cfg.rollout.head_fusion)]  # (B, 1 + N, 1 + N)
+            if guided:
+                fused.append(fuse_heads(att.probs, cfg.rollout.head_fusion))  # (B, 1 + N, 1 + N)
             keep, scores = choose_tokens(kind, state, embeds, grid, cfg)
-            if keep is not None:
+            if keep is not None and guided:
                 prune = complement(keep, embeds.shape[1])  # (B, P)
                 match = match_pruned(att.keys[:, 1:], keep, prune) if need_keys else None
         if keep is not None:
             x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], keep)], dim=1)  # (B, 1 + K, C)
         x = blk.mlp_residual(x)
         for blk in enc.blocks[1:]:
-            att = blk.attn.attend(blk.attn.qkv(blk.norm1(x)), None, need_probs=True)
-            with scope("rgtp"):
-                fused.append(fuse_heads(att.probs, cfg.rollout.head_fusion))  # (B, 1 + K, 1 + K)
+            att = blk.attn.attend(blk.attn.qkv(blk.norm1(x)), None, need_probs=guided)
+            if guided:
+                with scope("rgtp"):
+                    fused.append(fuse_heads(att.probs, cfg.rollout.head_fusion))  # (B, 1 + K, 1 + K)
             x = blk.mlp_residual(x + blk.attn.proj(att.out))
         cls = enc.norm(x[:, 0])
 
-        with scope("rgtp"):
-            importance = self._importance(fused, keep, prune, state, match)
+        importance = None
+        if guided:
+            with scope("rgtp"):
+                importance = self._importance(fused, keep, prune, state, match)
         num_kept = embeds.shape[1] if keep is None else keep.shape[1]
         result = StepResult(state.t, kind, num_kept, keep, scores, importance, cls)
         state.importance, state.features, state.t = importance, embeds, state.t + 1
