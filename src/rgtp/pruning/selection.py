@@ -22,6 +22,7 @@ from torch import Tensor
 
 __all__ = [
     "GRID_PATTERNS",
+    "box_tokens",
     "complement",
     "fg_bg_count",
     "gilbert_curve",
@@ -29,9 +30,8 @@ __all__ = [
     "grid_pattern",
     "keep_count",
     "match_pruned",
-    "rank_descending",
-    "box_tokens",
     "random_subset",
+    "rank_descending",
     "select_fg_bg",
     "select_topk",
     "uniform_subset",
