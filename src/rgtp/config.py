@@ -19,11 +19,13 @@ from typing import Any, Literal, TypeVar, Union
 __all__ = [
     "ConfigError",
     "DetectorConfig",
+    "EventfulConfig",
     "Preset",
     "RGTPConfig",
     "RolloutConfig",
     "ScheduleConfig",
     "SelectionConfig",
+    "ToMeConfig",
     "TrackingConfig",
     "ViTDetConfig",
     "ViViTConfig",
@@ -248,6 +250,69 @@ class RGTPConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+@dataclass(frozen=True)
+class EventfulConfig:
+    """The Eventful Transformers baseline (spec §9): token-wise gates that recompute the k most changed tokens.
+
+    Exactly one of ``k`` (tokens per gate) and ``keep_ratio`` (k = round(keep_ratio * N) for N patch tokens) is
+    given. A ViViT class token is always recomputed on top of the k patch tokens. ``global_attention`` is how global
+    blocks update attention from the accumulated qkv: ``dense`` recomputes it in full, ``qk`` updates the rows and
+    columns of QKᵀ of the updated tokens, ``qk_av`` (the reference's ``EventfulBlock``) also updates A·V
+    incrementally (exact for the updated key columns, stale elsewhere). Windowed blocks always recompute attention.
+    """
+
+    k: int | None = None
+    keep_ratio: float | None = None
+    refresh_every: int | None = None  # steps t > 0 with t % refresh_every == 0 run dense (None: never, the reference)
+    global_attention: Literal["dense", "qk", "qk_av"] = "qk_av"
+
+    def __post_init__(self) -> None:
+        _check((self.k is None) != (self.keep_ratio is None), "give exactly one of k and keep_ratio")
+        _check(self.k is None or self.k >= 1, f"k must be >= 1, got {self.k}")
+        ratio = self.keep_ratio
+        _check(ratio is None or 0.0 < ratio <= 1.0, f"keep_ratio must be in (0, 1], got {ratio}")
+        _check(self.refresh_every is None or self.refresh_every >= 1, "refresh_every must be >= 1 or None")
+        _one_of("global_attention", self.global_attention, ("dense", "qk", "qk_av"))
+
+    def tokens(self, num_tokens: int) -> int:
+        """Tokens each gate recomputes among ``num_tokens`` (patch tokens; raises if none or more than there are)."""
+        k = self.k if self.k is not None else round(self.keep_ratio * num_tokens)  # type: ignore[operator]
+        _check(1 <= k <= num_tokens, f"eventful gates must select 1..{num_tokens} tokens, got k={k}")
+        return k
+
+
+@dataclass(frozen=True)
+class ToMeConfig:
+    """Token merging (ToMe, Bolya et al. 2023) as a per-frame baseline: no temporal state, training-free.
+
+    In every block, after attention, ``r`` tokens are merged into their most similar partners (bipartite soft
+    matching on the head-averaged keys, size-weighted averages); the MLP runs on the merged set. Exactly one of
+    ``r`` (tokens merged per block, capped at half the mergeable tokens as in ToMe) and ``keep_ratio`` (the share of
+    patch tokens left after the last block) is given. ``spread`` says how keep_ratio's merges are spread over the
+    blocks: ``even`` (ToMe's constant r) or ``front`` (as many as allowed, half the tokens, in the earliest blocks:
+    the fewest MACs for a given final count, closest to RGTP's pruning after block 0).
+    ``prop_attn`` adds log(size) to the attention logits of merged keys wherever attention runs on merged tokens.
+    ``global_attn`` (ViTDet only): ``unmerge`` runs global attention on the full grid (the merged qkv copied back to
+    every position it covers, exact relative positions; proportional by construction), ``merged`` runs it on the
+    merged tokens with relative positions at each merged token's centroid. Windowed blocks always unmerge.
+    """
+
+    r: int | None = None
+    keep_ratio: float | None = None
+    spread: Literal["even", "front"] = "even"
+    prop_attn: bool = True
+    global_attn: Literal["unmerge", "merged"] = "unmerge"
+
+    def __post_init__(self) -> None:
+        _check((self.r is None) != (self.keep_ratio is None), "give exactly one of r and keep_ratio")
+        _check(self.r is None or self.r >= 0, f"r must be >= 0, got {self.r}")
+        ratio = self.keep_ratio
+        _check(ratio is None or 0.0 < ratio <= 1.0, f"keep_ratio must be in (0, 1], got {ratio}")
+        _one_of("spread", self.spread, ("even", "front"))
+        _check(self.spread == "even" or self.keep_ratio is not None, "spread 'front' needs keep_ratio (not r)")
+        _one_of("global_attn", self.global_attn, ("unmerge", "merged"))
 
 
 ModelConfig = Union[ViTDetConfig, ViViTConfig]  # noqa: UP007

@@ -4,11 +4,21 @@
 - :mod:`rgtp.pruning.tracking`: the local-offset warp that carries importance from frame t-1 to frame t.
 - :mod:`rgtp.pruning.selection`: top-k, foreground/background strided sampling, grid patterns, Gilbert order,
   key-similarity matching of pruned tokens.
+- :mod:`rgtp.pruning.merge`: ToMe-style bipartite soft matching, size-weighted merging and unmerging (baseline).
 - :mod:`rgtp.pruning.schedule`: which kind of frame step t is.
 - :mod:`rgtp.pruning.state`: :class:`StreamState`, everything that carries across frames.
 """
 
+from rgtp.pruning.merge import TokenGroups, bipartite_soft_matching, merge_tokens, unmerge_tokens
 from rgtp.pruning.schedule import FrameKind, frame_kind
 from rgtp.pruning.state import StreamState
 
-__all__ = ["FrameKind", "StreamState", "frame_kind"]
+__all__ = [
+    "FrameKind",
+    "StreamState",
+    "TokenGroups",
+    "bipartite_soft_matching",
+    "frame_kind",
+    "merge_tokens",
+    "unmerge_tokens",
+]
