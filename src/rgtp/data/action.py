@@ -43,6 +43,7 @@ class ActionDataset:
     """Base class: ``clips`` in a fixed order, class names, and :meth:`load`."""
 
     name: str = "action"
+    hflip: bool = True  # random horizontal flips keep the label (False: the class depends on left/right)
 
     def __init__(self, clips: list[ActionClip], classes: list[str], nouns: list[str] | None = None) -> None:
         self.clips = clips

@@ -10,6 +10,7 @@ from rgtp.config import ConfigError
 from rgtp.data.action import ActionDataset
 from rgtp.data.epic import EpicKitchens
 from rgtp.data.kinetics import Kinetics400
+from rgtp.data.motions import MotionDataset
 
 __all__ = ["ACTION_DATASETS", "build_action_dataset", "dataset_for_preset"]
 
@@ -18,6 +19,7 @@ ACTION_DATASETS: dict[str, Callable[..., ActionDataset]] = {
     "kinetics400": Kinetics400,
     "epic-kitchens": EpicKitchens,
     "epic": EpicKitchens,  # alias
+    "motions": MotionDataset,  # generated; the root is only recorded
 }
 
 
@@ -33,7 +35,8 @@ def build_action_dataset(name: str, root: str | os.PathLike[str], split: str, **
 
 
 def dataset_for_preset(preset_name: str) -> str:
-    """The dataset a ViViT preset is evaluated on: ``vivit_k400*`` -> kinetics400, ``vivit_epic*`` -> epic-kitchens.
+    """The dataset a ViViT preset is evaluated on: ``vivit_k400*`` -> kinetics400, ``vivit_epic*`` -> epic-kitchens,
+    ``motions*`` -> motions.
 
     Raises:
         ConfigError: For a preset of neither family.
@@ -42,7 +45,9 @@ def dataset_for_preset(preset_name: str) -> str:
         return "kinetics400"
     if preset_name.startswith("vivit_epic"):
         return "epic-kitchens"
+    if preset_name.startswith("motions"):
+        return "motions"
     raise ConfigError(
-        f"preset {preset_name!r} is not a Kinetics-400 (vivit_k400*) or EPIC (vivit_epic*) preset; "
+        f"preset {preset_name!r} is not a Kinetics-400 (vivit_k400*), EPIC (vivit_epic*) or motions (motions*) preset; "
         f"name the dataset with --dataset ({', '.join(ACTION_DATASETS)})"
     )

@@ -40,8 +40,9 @@ __all__ = ["ClipSamples", "random_view", "train_vivit", "vivit_job"]
 logger = logging.getLogger(__name__)
 
 
-def random_view(video: np.ndarray | Tensor, preset: Preset, rng: np.random.Generator) -> Tensor:
-    """One random training view of a (T, H, W, 3) uint8 video: -> (3, frames, crop, crop), normalised."""
+def random_view(video: np.ndarray | Tensor, preset: Preset, rng: np.random.Generator, flip: bool = True) -> Tensor:
+    """One random training view of a (T, H, W, 3) uint8 video: -> (3, frames, crop, crop), normalised; flipped
+    horizontally with probability 1/2 when ``flip`` (the draw is made either way, so the other draws match)."""
     cfg = preset.model
     assert isinstance(cfg, ViViTConfig)
     span, crop = cfg.num_frames * preset.temporal_stride, cfg.img_size
@@ -51,7 +52,7 @@ def random_view(video: np.ndarray | Tensor, preset: Preset, rng: np.random.Gener
     nh, nw = t.shape[-2:]
     y0, x0 = int(rng.integers(0, nh - crop + 1)), int(rng.integers(0, nw - crop + 1))
     t = t[..., y0 : y0 + crop, x0 : x0 + crop]  # (3, F, crop, crop)
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and flip:
         t = t.flip(-1)
     return t.contiguous()
 
@@ -76,7 +77,8 @@ class ClipSamples(Dataset):
             return Failure(clip.id, str(exc))
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, index])
-            return random_view(video, self.preset, rng)[None], clip.label, clip.noun  # (1, 3, F, crop, crop)
+            view = random_view(video, self.preset, rng, flip=self.dataset.hflip)
+            return view[None], clip.label, clip.noun  # (1, 3, F, crop, crop)
         return preset_views(video, self.preset), clip.label, clip.noun  # (views, 3, F, crop, crop)
 
 
