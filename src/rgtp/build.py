@@ -14,13 +14,34 @@ from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.runtime import DenseViTDet, RGTPViTDet, RGTPViViT
 
-__all__ = ["ModelPool", "WeightsError", "build_model", "build_runtime", "load_weights", "with_weights_nouns"]
+__all__ = [
+    "ModelPool",
+    "WeightsError",
+    "build_model",
+    "build_runtime",
+    "bundled_weights",
+    "load_weights",
+    "with_weights_nouns",
+]
 
 logger = logging.getLogger(__name__)
 
 
 class WeightsError(ValueError):
     """A checkpoint that does not fit the model (missing/unexpected keys, wrong shapes, unreadable file)."""
+
+
+#: Weights trained by the offline benchmark and shipped in the package (fp16), by model preset prefix.
+BUNDLED = {"shapes_det": "shapes_det.pt", "motions": "motions_vivit.pt"}
+
+
+def bundled_weights(preset_name: str) -> Path | None:
+    """The shipped weights for a preset's model (``shapes_det_*``, ``motions_*``), or None."""
+    for prefix, name in BUNDLED.items():
+        if preset_name.startswith(prefix):
+            path = Path(__file__).parent / "weights" / name
+            return path if path.is_file() else None
+    return None
 
 
 def build_model(preset: Preset, device: torch.device | str = "cpu", seed: int = 0) -> nn.Module:

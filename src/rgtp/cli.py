@@ -11,12 +11,13 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rgtp.config import ConfigError, Preset, load_config, override, save_config, to_dict
 
 if TYPE_CHECKING:
     from rgtp.data.action import ActionDataset
+    from rgtp.data.detection import DetectionSet
 
 __all__ = ["main"]
 
@@ -108,21 +109,52 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rgtp.data.synthetic import moving_shapes_video, write_video
+    from rgtp.build import bundled_weights
     from rgtp.run import run_video
 
     preset = _resolve(args)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = out_dir / "input.mp4"
-    frames, _ = moving_shapes_video(num_frames=args.frames, height=args.height, width=args.width, seed=args.seed)
-    write_video(video, frames, fps=10)
-    logger.info("generated %s (%d frames %dx%d)", video, args.frames, args.width, args.height)
+    segment = _demo_video(preset, video, args)
+    weights = args.weights or bundled_weights(preset.name)
+    if args.weights is None and weights is not None:
+        logger.info("using the weights shipped for %s: %s", preset.name, weights)
     summary = run_video(
-        video, preset, args.weights, out_dir / "frames.jsonl", out_dir / "annotated.mp4", None, args.device
+        video, preset, weights, out_dir / "frames.jsonl", out_dir / "annotated.mp4", None, args.device, segment
     )
     _report(summary)
     return 0
+
+
+def _demo_video(preset: Preset, path: Path, args: argparse.Namespace) -> int:
+    """Write the demo's generated input video; returns the frames per classified segment (ViViT)."""
+    import numpy as np
+
+    from rgtp.data.synthetic import moving_shapes_video, write_video
+
+    name = preset.name
+    if name.startswith("shapes_det"):  # the shipped detector's own test distribution
+        from rgtp.data.shapes import make_shapes_split
+
+        seq = make_shapes_split("test", num_sequences=1, length=args.frames, seed=args.seed)[0]
+        frames = seq.frames
+    elif name.startswith("motions"):  # one clip of each motion class, back to back
+        from rgtp.data.motions import MOTION_CLASSES, motion_clip
+
+        num_frames = preset.model.num_frames  # type: ignore[union-attr]
+        frames = np.concatenate(
+            [motion_clip(c, [args.seed, c], num_frames, preset.model.img_size) for c in range(len(MOTION_CLASSES))]
+        )
+        logger.info("clips, in order: %s", ", ".join(MOTION_CLASSES))
+        write_video(path, frames, fps=8)
+        return num_frames
+    else:
+        height, width = args.height or 378, args.width or 672
+        frames, _ = moving_shapes_video(num_frames=args.frames, height=height, width=width, seed=args.seed)
+    write_video(path, frames, fps=10)
+    logger.info("generated %s (%d frames %dx%d)", path, len(frames), frames.shape[2], frames.shape[1])
+    return 250
 
 
 _EVALUATE_DEFAULTS = {  # task: (default preset, default split, dataset)
@@ -223,6 +255,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pedestrian_boxes(args: argparse.Namespace) -> int:
+    from rgtp.data.pedestrians import write_pedestrian_boxes
+
+    names = ("upscale", "win_stride", "scale", "hit_threshold", "min_motion", "nms_iou")
+    kw = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    try:
+        out = write_pedestrian_boxes(args.video, args.out, progress=not args.quiet, max_frames=args.max_frames, **kw)
+    except ImportError as exc:  # OpenCV (or PyAV) missing
+        print(f"rgtp: error: {exc}", file=sys.stderr)
+        return 2
+    data = json.loads(out.read_text())
+    frames, count = data["num_frames"], sum(len(f) for f in data["frames"])
+    print(f"wrote {out}: {count} boxes in {frames} frames ({count / max(frames, 1):.2f} per frame)")
+    return 0
+
+
 # --- `rgtp cache-spatial` and `rgtp train` (the logic lives in rgtp.training) ----------------------------------------
 
 
@@ -304,6 +352,82 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detection_sets(args: argparse.Namespace) -> tuple[DetectionSet, DetectionSet]:
+    """The (train, validation) detection sets of `train vitdet` (--data, --video/--boxes, --max-sequences)."""
+    import dataclasses
+
+    from rgtp.data.detection import build_detection_set
+    from rgtp.training.detection import DET_SPLITS
+
+    options = {k: v for k, v in (("video", args.video), ("boxes", args.boxes)) if v is not None}
+    if options and args.data != "pedestrians":
+        raise ConfigError("--video and --boxes are options of --data pedestrians")
+    default_train, default_val = DET_SPLITS.get(args.data, ("train", "val"))
+    sets = []
+    for split in (args.train_split or default_train, args.val_split or default_val):
+        data = build_detection_set(args.data, split, **options)
+        if args.max_sequences is not None:
+            data = dataclasses.replace(data, sequences=data.sequences[: args.max_sequences])
+        logger.info("%s %s: %d sequences, %d frames", args.data, split, len(data), data.num_frames)
+        sets.append(data)
+    return sets[0], sets[1]
+
+
+def cmd_train_vitdet(args: argparse.Namespace) -> int:
+    from rgtp.evaluation.dist import cleanup
+    from rgtp.training.detection import DET_RECIPES, det_recipe, train_vitdet
+
+    if not args.preset and not args.config:
+        args.preset = f"{args.data}_det_base"
+    preset = _resolve(args)
+    recipe = args.recipe or (args.data if args.data in DET_RECIPES else "shapes")
+    names = ("lr", "epochs", "batch_size", "weight_decay", "warmup_steps", "seed", "max_steps", "workers")
+    overrides = {k: getattr(args, k) for k in names}
+    flags = {"val_frames": args.val_frames, "eval_every": args.eval_every, "hflip": False if args.no_hflip else None}
+    cfg = det_recipe(recipe, **overrides, **flags)
+    try:
+        train, val = _detection_sets(args)
+        result = train_vitdet(train, val, args.out, preset, cfg, args.weights, args.device, not args.quiet)
+    finally:
+        cleanup()
+    if os.environ.get("RANK", "0") == "0":
+        last, best = result.history[-1], result.best
+        shown = f"val mAP50 {last['val']['map50']:.2f}" if last["val"] else "not validated"
+        print(
+            f"epoch {last['epoch']}: {shown}; best mAP50 {best['map50']:.2f} at epoch {best['epoch']}\n"
+            f"weights: {result.out_dir / 'last.pt'}, {result.out_dir / 'best.pt'}"
+        )
+    return 0
+
+
+def _add_vitdet_training_parser(modes: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    q = modes.add_parser("vitdet", help="a ViTDet detector (backbone, pyramid, Faster R-CNN) on a detection set")
+    _add_preset_args(q, positional=False, default="")  # default: <data>_det_base
+    q.add_argument("--data", required=True, help="detection set: shapes (generated) or pedestrians (--video --boxes)")
+    q.add_argument("--video", help="pedestrians: the video file (vtest.avi)")
+    q.add_argument("--boxes", help="pedestrians: the boxes file (default: benchmarks/data/vtest_hog_boxes.json)")
+    q.add_argument("--train-split", help="default: train")
+    q.add_argument("--val-split", help="default: val (shapes), test (pedestrians)")
+    q.add_argument("--max-sequences", type=int, help="only the first N sequences of each split (quick runs)")
+    q.add_argument("--out", required=True, help="run directory (checkpoint.pt, last.pt, best.pt, history.jsonl)")
+    q.add_argument("--recipe", choices=["shapes", "pedestrians"], help="defaults (default: the --data name)")
+    q.add_argument("--weights", help="starting weights (rgtp state dict); random if omitted")
+    q.add_argument("--epochs", type=int)
+    q.add_argument("--lr", type=float, help="peak learning rate (linear warmup, then cosine decay)")
+    q.add_argument("--batch-size", type=int, help="global batch of frames (split over the torchrun processes)")
+    q.add_argument("--weight-decay", type=float)
+    q.add_argument("--warmup-steps", type=int)
+    q.add_argument("--seed", type=int)
+    q.add_argument("--no-hflip", action="store_true", help="no random horizontal flips")
+    q.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke tests)")
+    q.add_argument("--val-frames", type=int, help="validate on the first N frames of the validation split")
+    q.add_argument("--eval-every", type=int, help="validate every N epochs (and after the last)")
+    q.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+    q.add_argument("--device", default="cpu", help="cpu or cuda (cuda:<local rank> under torchrun)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(fn=cmd_train_vitdet)
+
+
 def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     def data_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--dataset", help="kinetics400 or epic-kitchens (default: the preset's)")
@@ -328,7 +452,9 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     common_args(p)
     p.set_defaults(fn=cmd_cache_spatial)
 
-    p = sub.add_parser("train", help="fine-tune the temporal model on cached features, or train the whole ViViT")
+    p = sub.add_parser(
+        "train", help="fine-tune the temporal model on cached features, train the whole ViViT, or train a ViTDet"
+    )
     modes = p.add_subparsers(dest="mode", required=True)
     temporal = modes.add_parser("temporal", help="temporal encoder + classifier on a spatial-feature cache (§12.5)")
     temporal.add_argument("--cache", required=True, help="directory written by `rgtp cache-spatial`")
@@ -340,9 +466,12 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     whole.add_argument("--weights", help="starting weights (rgtp state dict); random if omitted")
     whole.add_argument("--epochs", type=int, required=True)
     data_args(whole)
+    _add_vitdet_training_parser(modes)
     for q in (temporal, whole):
         q.add_argument("--out", required=True, help="run directory (checkpoint.pt, last.pt, best.pt, history.jsonl)")
-        q.add_argument("--recipe", choices=["k400", "epic"], help="defaults (default: from the preset's classes)")
+        q.add_argument(
+            "--recipe", choices=["k400", "epic", "motions"], help="defaults (default: from the preset's classes)"
+        )
         q.add_argument("--train-split", help="default: the recipe's (train)")
         q.add_argument("--val-split", help="default: the recipe's (val / validation)")
         q.add_argument("--lr", type=float)
@@ -372,7 +501,9 @@ def _report(summary: object) -> None:
         f" vs dense {summary.dense_gmacs:.2f} ({saving:.0f}% fewer MACs)"
     )
     for clip in summary.clips:
-        print(f"clip {clip['clip']}: top-5 (class, prob) {clip['top5']}")
+        names = clip.get("top5_names")
+        top = [(names[k] if names else c, p) for k, (c, p) in enumerate(clip["top5"])]
+        print(f"clip {clip['clip']}: top-5 (class, prob) {top}")
     if summary.weights == "random":
         print("NOTE: random weights (no --weights): predictions are meaningless; kept tokens, MACs and times are real.")
     for what, path in summary.outputs.items():
@@ -414,12 +545,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             p.add_argument("--out-dir", default="rgtp_demo", help="where input.mp4, frames.jsonl, annotated.mp4 go")
-            p.add_argument("--frames", type=int, default=24)
-            p.add_argument("--height", type=int, default=378)
-            p.add_argument("--width", type=int, default=672)
+            p.add_argument("--frames", type=int, default=48, help="frames to generate (ViTDet presets)")
+            p.add_argument("--height", type=int, help="other ViTDet presets: frame height (default 378)")
+            p.add_argument("--width", type=int, help="other ViTDet presets: frame width (default 672)")
             p.add_argument("--seed", type=int, default=0)
-        _add_preset_args(p, positional=False)
-        p.add_argument("--weights", help="model weights (rgtp state dict); random weights if omitted")
+        _add_preset_args(p, positional=False, default="shapes_det_rgtp" if name == "demo" else "vitdet_vid_672_keep512")
+        p.add_argument(
+            "--weights", help="model weights (rgtp state dict); default: the shipped ones if any, else random"
+        )
         p.add_argument("--device", default="cpu", help="cpu or cuda")
         p.set_defaults(fn=fn)
 
@@ -461,8 +594,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)")
     _add_preset_args(p, positional=False)  # the target architecture (ViTDet: the input size does not matter)
     p.set_defaults(fn=cmd_convert, preset="")  # default preset per model and source (see _CONVERT_PRESETS)
+
+    p = sub.add_parser(
+        "pedestrian-boxes",
+        help="build the pedestrian benchmark's boxes with OpenCV's HOG people detector (needs rgtp[bench])",
+        description="Run OpenCV's HOG people detector on every frame of VIDEO and write the boxes JSON that the "
+        "pedestrian benchmark loads (pseudo ground truth; see rgtp.data.pedestrians). VIDEO is OpenCV's sample clip "
+        "vtest.avi: `apt-get download opencv-doc && dpkg-deb --fsys-tarfile opencv-doc_*.deb | tar -x --wildcards "
+        "'*/examples/data/vtest.avi'`, or samples/data/vtest.avi in OpenCV's GitHub repository.",
+    )
+    p.add_argument("video", help="the video (vtest.avi)")
+    p.add_argument("--out", required=True, help="boxes JSON to write (shipped: benchmarks/data/vtest_hog_boxes.json)")
+    p.add_argument("--upscale", type=float, help="resize frames by this factor before HOG (default 2)")
+    p.add_argument("--win-stride", type=int, help="HOG window stride, a multiple of 8 (default 8)")
+    p.add_argument("--scale", type=float, help="HOG pyramid scale step (default 1.1)")
+    p.add_argument("--hit-threshold", type=float, help="smallest SVM margin kept (default 0.3)")
+    p.add_argument("--min-motion", type=float, help="smallest moving fraction of a box, 0 disables (default 0.1)")
+    p.add_argument("--nms-iou", type=float, help="NMS IoU threshold (default 0.4)")
+    p.add_argument("--max-frames", type=int, help="only the first N frames (a quick look)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_pedestrian_boxes)
     _add_training_parsers(sub)
+    _add_bench_parser(sub)
     return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rgtp.bench import run_bench
+
+    results = run_bench(
+        args.task,
+        out_dir=args.out_dir,
+        weights=args.weights,
+        train=args.train,
+        methods=args.methods.split(",") if args.methods else None,
+        video=args.video,
+        boxes=args.boxes,
+        max_items=args.max_items,
+        max_frames=args.max_frames,
+        timing=args.timing,
+        timing_rounds=args.timing_rounds,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(results["table"])
+    t = results["targets"]
+    print(f"targets: loss at 60% fewer GMACs {t['loss_at_budget']} (met: {t['target_loss_met']}); "
+          f"RGTP >= baselines at {t['baseline_points_beaten']}/{t['baseline_points_judged']} points "
+          f"(met: {t['target_baselines_met']})")
+    return 0
+
+
+def _add_bench_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="accuracy vs compute of RGTP, its ablations and its peers on small models trained here (offline)",
+    )
+    p.add_argument("task", choices=["detection", "action", "pedestrians"])
+    p.add_argument("--out-dir", help="results.json, table.md, plot.png, log/ (default benchmarks/results/bench_TASK)")
+    p.add_argument("--weights", help="model weights (default: the shipped ones; pedestrians: --train)")
+    p.add_argument("--train", action="store_true", help="train the model first with `rgtp train` (OUT/train)")
+    p.add_argument("--methods", help="comma-separated methods (default: all), e.g. RGTP,Eventful,ToMe,random")
+    p.add_argument("--video", help="pedestrians: path to vtest.avi (OpenCV sample clip; see README)")
+    p.add_argument("--boxes", help="pedestrians: HOG boxes JSON (default: the shipped benchmarks/data file)")
+    p.add_argument("--max-items", type=int, help="only the first N test sequences / clips (quick runs)")
+    p.add_argument("--max-frames", type=int, help="detection: only the first N frames of each sequence")
+    p.add_argument("--timing", type=int, help="frames (clips) timed per variant and round (0: no timing)")
+    p.add_argument("--timing-rounds", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_bench)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from rgtp.accounting import Accounting, count_preset
 from rgtp.build import build_model, build_runtime, load_weights
-from rgtp.config import Preset, ViTDetConfig
+from rgtp.config import Preset, ViTDetConfig, ViViTConfig
 from rgtp.data.views import MEAN as VIVIT_MEAN
 from rgtp.data.views import STD as VIVIT_STD
 from rgtp.data.views import make_views
@@ -206,15 +206,30 @@ def _annotate_vitdet(
 
 def _draw_detections(frame: np.ndarray, det: Any, cfg: ViTDetConfig, min_score: float = 0.3) -> np.ndarray:
     """Boxes (input-pixel coordinates, as the frame) with class names and scores; weak detections are left out."""
-    from rgtp.data.vid import VID_CLASSES
     from rgtp.viz import draw_boxes
 
     keep = det.scores >= min_score
     labels = det.labels[keep].cpu().tolist()
-    num_classes = cfg.head.num_classes if cfg.head is not None else 0
-    names = [VID_CLASSES[c] if num_classes == len(VID_CLASSES) else f"class {c}" for c in labels]
+    known = class_names(cfg)
+    names = [known[c] if known else f"class {c}" for c in labels]
     boxes = det.boxes[keep].float().cpu().numpy()
     return draw_boxes(frame, boxes, names, det.scores[keep].float().cpu().numpy())
+
+
+def class_names(cfg: ViTDetConfig | ViViTConfig) -> tuple[str, ...] | None:
+    """Names of a model's classes, recognised by their count (VID, the benchmark sets, Kinetics); None if unknown."""
+    from rgtp.data.kinetics import KINETICS400_CLASSES
+    from rgtp.data.motions import MOTION_CLASSES
+    from rgtp.data.shapes import SHAPES_CLASSES
+    from rgtp.data.vid import VID_CLASSES
+
+    if isinstance(cfg, ViTDetConfig):
+        count = cfg.head.num_classes if cfg.head is not None else 0
+        names = {len(VID_CLASSES): VID_CLASSES, len(SHAPES_CLASSES): SHAPES_CLASSES, 1: ("person",)}
+    else:
+        count = cfg.num_classes
+        names = {len(KINETICS400_CLASSES): tuple(KINETICS400_CLASSES), len(MOTION_CLASSES): MOTION_CLASSES}
+    return names.get(count)
 
 
 def _kept_grid(keep_idx: Tensor | None, gh: int, gw: int) -> np.ndarray:
@@ -255,6 +270,7 @@ def _run_vivit(
     runtime = build_runtime(preset, model)
     device = next(model.parameters()).device
     views = preset.views[0] * preset.views[1]
+    names = class_names(cfg)
     step_gmacs = (accounting.clip_tmacs or 0.0) * 1e3 / (views * cfg.num_steps)  # mean per step and view
     for c, raw in enumerate(_segments(frames, segment_frames)):
         clip = make_views(np.stack(raw), cfg.num_frames, preset.temporal_stride, cfg.img_size, preset.views).to(device)
@@ -287,6 +303,7 @@ def _run_vivit(
             "clip_summary": {
                 "clip": c,
                 "top5": [[int(i), round(float(p), 4)] for p, i in zip(*top, strict=True)],
+                "top5_names": [names[int(i)] for i in top.indices] if names else None,
                 "tmacs_per_clip_all_views": accounting.clip_tmacs,
                 "ms_one_view": round(ms, 1),
             }
@@ -307,8 +324,8 @@ def _annotate_vivit(
         step = steps[t] if steps else None
         kept = _kept_grid(None if step is None else step.keep_idx, *grid)
         heat = None
-        if step is not None:
-            src = step.scores if step.scores is not None else step.importance
+        src = None if step is None else (step.scores if step.scores is not None else step.importance)
+        if src is not None:
             heat = src[0].float().view(*grid).cpu().numpy()
         text = f"step {t} {'FULL' if step is None else step.kind.value.upper()} kept {kept.sum()}/{kept.size}"
         if weights == "random":

@@ -3,16 +3,22 @@
 The benchmark sets (generated shapes, the pedestrian footage) are small enough to live in memory, so they are plain
 arrays rather than files: a :class:`DetSequence` is a (T, H, W, 3) uint8 video with one (M, 4) box array and one
 (M,) label array per frame, and a :class:`DetectionSet` is a named, ordered list of sequences with class names.
+:func:`build_detection_set` makes a set by name (:data:`DETECTION_SETS`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DetSequence", "DetectionSet"]
+from rgtp.config import ConfigError
+
+__all__ = ["DETECTION_SETS", "DetSequence", "DetectionSet", "build_detection_set"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +98,45 @@ class DetectionSet:
             "sequences": [s.name for s in self.sequences],
             "frames": self.num_frames,
         }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sets by name
+
+
+def _shapes(split: str, **options: Any) -> DetectionSet:
+    from rgtp.data.shapes import make_shapes_split
+
+    return make_shapes_split(split, **options)
+
+
+def _pedestrians(
+    split: str, video: str | os.PathLike[str] | None = None, boxes: str | os.PathLike[str] | None = None, **options: Any
+) -> DetectionSet:
+    if video is None:
+        raise ConfigError("the pedestrians set needs the video (--video PATH to vtest.avi, OpenCV's sample clip)")
+    if boxes is None:  # the boxes shipped with the repository (a source checkout)
+        boxes = Path(__file__).resolve().parents[3] / "benchmarks" / "data" / "vtest_hog_boxes.json"
+    for what, path in (("video", video), ("boxes file", boxes)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"pedestrians {what} not found: {path}")
+    from rgtp.data.pedestrians import load_pedestrians
+
+    return load_pedestrians(video, boxes, split, **options)
+
+
+#: Builders ``(split, **options) -> DetectionSet`` by set name (their modules are imported on first use).
+DETECTION_SETS: dict[str, Callable[..., DetectionSet]] = {"shapes": _shapes, "pedestrians": _pedestrians}
+
+
+def build_detection_set(name: str, split: str, **options: Any) -> DetectionSet:
+    """The split ``split`` of the set ``name`` (a key of :data:`DETECTION_SETS`) with the builder's options
+    (shapes: ``num_sequences``, ``length``, ``seed``; pedestrians: ``video``, ``boxes`` (default: the repository's
+    ``benchmarks/data/vtest_hog_boxes.json``), ``size``).
+
+    Raises:
+        ConfigError: On an unknown name (listing the known ones).
+    """
+    if name not in DETECTION_SETS:
+        raise ConfigError(f"unknown detection set {name!r}; known sets: {', '.join(DETECTION_SETS)}")
+    return DETECTION_SETS[name](split, **options)

@@ -25,6 +25,9 @@ samples to view-averaged logits, and the train and validation sets. :func:`fit` 
 
 Starting again with the same ``RUN`` resumes from ``checkpoint.pt``; the number of epochs may grow, anything else
 that changes the result must match (:class:`~rgtp.evaluation.records.ResumeError` otherwise).
+
+The run-directory pieces (:func:`read_checkpoint`, :func:`write_epoch_files`, :func:`atomic_save`...), the keyed
+loader and the collectives are public: the detector training (:mod:`rgtp.training.detection`) shares them.
 """
 
 from __future__ import annotations
@@ -59,10 +62,20 @@ __all__ = [
     "TrainConfig",
     "TrainJob",
     "ViewAveraged",
+    "all_sum",
+    "atomic_save",
     "default_splits",
+    "epoch_batches",
     "fit",
+    "keyed_loader",
     "make_config",
+    "plain",
+    "rank_seed",
+    "read_checkpoint",
     "recipe_for",
+    "resume_settings",
+    "write_epoch_files",
+    "write_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,9 +118,15 @@ class TrainConfig:
 RECIPES: dict[str, TrainConfig] = {
     "k400": TrainConfig("k400", lr=2e-6, epochs=10, batch_size=16),
     "epic": TrainConfig("epic", lr=1e-5, epochs=5, batch_size=8),
+    # The benchmark's small ViViT, trained from scratch on the generated motions (rgtp bench action).
+    "motions": TrainConfig("motions", lr=3e-4, epochs=8, batch_size=32, dropout=0.0, val_batch_size=50),
 }
-RECIPE_SPLITS: dict[str, tuple[str, str]] = {"k400": ("train", "val"), "epic": ("train", "validation")}
-_RECIPE_BY_CLASSES = {400: "k400", 97: "epic"}
+RECIPE_SPLITS: dict[str, tuple[str, str]] = {
+    "k400": ("train", "val"),
+    "epic": ("train", "validation"),
+    "motions": ("train", "val"),
+}
+_RECIPE_BY_CLASSES = {400: "k400", 97: "epic", 10: "motions"}
 
 
 def recipe_for(preset: Preset, name: str | None = None) -> str:
@@ -181,9 +200,12 @@ def _collate(items: list[tuple[int, Item]]) -> _Batch:
     return _Batch([i for i, _ in ok], inputs, labels, nouns, failed)
 
 
-def _loader(dataset: Any, batches: Sequence[Sequence[int]], epoch: int, workers: int) -> DataLoader:
+def keyed_loader(
+    dataset: Any, batches: Sequence[Sequence[int]], epoch: int, workers: int, collate: Any = _collate
+) -> DataLoader:
+    """Batches of ``collate([(index, dataset[(index, epoch)]), ...])``, one per list of indices in ``batches``."""
     keys = [[(i, epoch) for i in b] for b in batches]
-    return DataLoader(_Keyed(dataset), batch_sampler=keys, collate_fn=_collate, num_workers=workers)
+    return DataLoader(_Keyed(dataset), batch_sampler=keys, collate_fn=collate, num_workers=workers)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -247,7 +269,7 @@ def fit(job: TrainJob, cfg: TrainConfig, out_dir: str | Path, info: DistInfo, pr
     state = _resume(out, identity, job.model, opt)
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "config.json", {"run": identity, "config": to_dict(cfg)})
+        write_json(out / "config.json", {"run": identity, "config": to_dict(cfg)})
     device = next(job.model.parameters()).device
     ddp: nn.Module = job.module
     if info.world > 1:
@@ -273,18 +295,31 @@ def fit(job: TrainJob, cfg: TrainConfig, out_dir: str | Path, info: DistInfo, pr
     return FitResult(out, state.history, state.best)
 
 
+def resume_settings(cfg: Any) -> dict[str, Any]:
+    """A training config as plain data, less the fields a resumed run may change (epochs, workers)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
+
+
 def _identity(job: TrainJob, cfg: TrainConfig) -> dict[str, Any]:
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
+    settings = resume_settings(cfg)
     trainable = sorted({n.split(".")[0] for n, p in job.model.named_parameters() if p.requires_grad})
-    return _plain({"kind": job.kind, **job.identity, "trainable": trainable, "nouns": job.nouns, "train": settings})
+    return plain({"kind": job.kind, **job.identity, "trainable": trainable, "nouns": job.nouns, "train": settings})
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj))  # as it reads back (tuples become lists)
 
 
-def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of a process's random state for an epoch."""
     return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, max_steps: int | None = None) -> list[list[int]]:
+    """The global batches of an epoch: a permutation of ``range(n)`` seeded by ``seed + epoch`` (the same on every
+    process), cut into batches of ``batch_size``, the first ``max_steps`` of them."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)][:max_steps]
 
 
 def _train_epoch(
@@ -297,18 +332,16 @@ def _train_epoch(
     progress: bool,
 ) -> dict[str, Any]:
     """One pass over the shuffled training set; returns the global mean loss and the step count."""
-    n = len(job.train_set)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
-    batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)][: cfg.max_steps]
-    torch.manual_seed(_rank_seed(cfg.seed, epoch, info.rank))  # dropout (and anything random) is reproducible
+    batches = epoch_batches(len(job.train_set), cfg.batch_size, cfg.seed, epoch, cfg.max_steps)
+    torch.manual_seed(rank_seed(cfg.seed, epoch, info.rank))  # dropout (and anything random) is reproducible
     job.model.train()
     device = next(job.model.parameters()).device
     loss_sum, count, steps, failed = torch.zeros((), dtype=torch.float64), 0, 0, {}
     bar = progress_bar(len(batches), f"epoch {epoch}/{cfg.epochs}", progress and info.main, "step")
     try:
-        for batch in _loader(job.train_set, [b[info.rank :: info.world] for b in batches], epoch, cfg.workers):
+        for batch in keyed_loader(job.train_set, [b[info.rank :: info.world] for b in batches], epoch, cfg.workers):
             failed.update(batch.failed)
-            total = _all_sum(torch.tensor([float(len(batch.indices))]), info, device)[0].item()  # in the global batch
+            total = all_sum(torch.tensor([float(len(batch.indices))]), info, device)[0].item()  # in the global batch
             if total > 0:
                 per_sample = _step(ddp, job, cfg, opt, batch, total, info.world, device)
                 loss_sum += per_sample.double().sum().cpu()
@@ -318,7 +351,7 @@ def _train_epoch(
     finally:
         bar.close()
     sums = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64)])
-    loss_sum, n_seen = _all_sum(sums, info, device)
+    loss_sum, n_seen = all_sum(sums, info, device)
     return {
         "train_loss": loss_sum.item() / max(n_seen.item(), 1.0),
         "train_samples": int(n_seen.item()),
@@ -384,7 +417,7 @@ def _validate(job: TrainJob, cfg: TrainConfig, info: DistInfo, progress: bool) -
     failed: dict[str, str] = {}
     bar = progress_bar(len(mine), "validation", progress and info.main, "clip")
     try:
-        for batch in _loader(job.val_set, batches, 0, cfg.workers):
+        for batch in keyed_loader(job.val_set, batches, 0, cfg.workers):
             failed.update(batch.failed)
             if batch.inputs is not None:
                 logits = job.module(batch.inputs.to(device)).float().cpu()  # (n, classes [+ nouns])
@@ -450,13 +483,9 @@ def _end_epoch(
         state.best = {"epoch": epoch, "top1": val["top1"]}
     if info.main:
         meta = {"epoch": epoch, "val": val, "kind": job.kind}
-        _atomic_save({"model": job.model.state_dict(), "rgtp_meta": meta}, out / "last.pt")
-        if improved:
-            _atomic_save({"model": job.model.state_dict(), "rgtp_meta": meta}, out / "best.pt")
-        atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
-        if any(state.failed.values()):
-            _write_json(out / "failed.json", state.failed)
-        _atomic_save(_checkpoint(job, opt, state, _identity(job, cfg)), out / "checkpoint.pt")  # the commit point
+        extra = {"failed.json": state.failed} if any(state.failed.values()) else {}
+        checkpoint = _checkpoint(job, opt, state, _identity(job, cfg))
+        write_epoch_files(out, job.model, meta, improved, state.history, checkpoint, extra)
     barrier()
     _log_epoch(epoch, train, val, state.best, failed)
 
@@ -491,19 +520,28 @@ def _checkpoint(job: TrainJob, opt: torch.optim.Optimizer, state: _State, identi
     }
 
 
-def _resume(out: Path, identity: dict[str, Any], model: ViViT, opt: torch.optim.Optimizer) -> _State:
-    """The state saved in ``out/checkpoint.pt`` (parameters and optimiser restored), or a fresh state."""
+def read_checkpoint(out: Path, identity: dict[str, Any], fmt: int = _CHECKPOINT_FORMAT) -> dict[str, Any] | None:
+    """The resume state in ``out/checkpoint.pt`` (None if there is none); :class:`ResumeError` if it was written by
+    a run with another identity or checkpoint format."""
     path = out / "checkpoint.pt"
     if not path.is_file():
-        return _State()
+        return None
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    if obj.get("format") != _CHECKPOINT_FORMAT or obj.get("identity") != identity:
+    if obj.get("format") != fmt or obj.get("identity") != identity:
         old = obj.get("identity") or {}
         diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
         raise ResumeError(
             f"{out} holds a run with other settings (differs in: {', '.join(diff) or 'format'}); "
             "use another output directory or delete it"
         )
+    return obj
+
+
+def _resume(out: Path, identity: dict[str, Any], model: ViViT, opt: torch.optim.Optimizer) -> _State:
+    """The state saved in ``out/checkpoint.pt`` (parameters and optimiser restored), or a fresh state."""
+    obj = read_checkpoint(out, identity)
+    if obj is None:
+        return _State()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     with torch.no_grad():
         for name, p in trainable.items():
@@ -513,13 +551,35 @@ def _resume(out: Path, identity: dict[str, Any], model: ViViT, opt: torch.optim.
     return _State(obj["epoch"], obj["history"], obj["best"], obj["failed"])
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def write_epoch_files(
+    out: Path,
+    model: nn.Module,
+    meta: dict[str, Any],
+    improved: bool,
+    history: list[dict[str, Any]],
+    checkpoint: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The run files after an epoch: ``last.pt`` (and ``best.pt`` if ``improved``) as {"model": state dict,
+    "rgtp_meta": meta}, ``history.jsonl``, the ``extra`` JSON files by name, and last ``checkpoint.pt``, the commit
+    point of the epoch."""
+    atomic_save({"model": model.state_dict(), "rgtp_meta": meta}, out / "last.pt")
+    if improved:
+        atomic_save({"model": model.state_dict(), "rgtp_meta": meta}, out / "best.pt")
+    atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    for name, obj in (extra or {}).items():
+        write_json(out / name, obj)
+    atomic_save(checkpoint, out / "checkpoint.pt")
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename it over ``path`` (readers never see a partial file)."""
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     tmp.replace(path)
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
@@ -527,7 +587,7 @@ def _write_json(path: Path, obj: Any) -> None:
 # Collectives (no-ops in a single process)
 
 
-def _all_sum(t: Tensor, info: DistInfo, device: torch.device) -> Tensor:
+def all_sum(t: Tensor, info: DistInfo, device: torch.device) -> Tensor:
     """Sum ``t`` over the processes (on ``device``: NCCL reduces CUDA tensors only); returned on the CPU."""
     if info.world > 1:
         t = t.to(device)

@@ -1,0 +1,282 @@
+"""Accuracy, compute, state memory and wall-clock of benchmark variants on one test set.
+
+Accuracy and compute come from one pass over the whole test set under :class:`~rgtp.flops.MacCounter` (so compute is
+what actually ran, whatever the method). Wall-clock comes from a separate pass without the counter, on the first
+frames (clips) only, with the variants interleaved round by round so that machine noise hits them alike.
+
+Every finished variant is appended to a :class:`~rgtp.evaluation.records.ResultLog`, so an interrupted benchmark
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rgtp.bench.methods import Variant, build_clip_runner, build_stepper
+from rgtp.config import Preset
+from rgtp.data.action import ActionDataset, preset_views
+from rgtp.data.detection import DetectionSet
+from rgtp.evaluation.records import ResultLog
+from rgtp.flops import PAPER_SCOPES, MacCounter
+from rgtp.metrics import coco_map
+from rgtp.models.vitdet import ViTDet, preprocess_frame
+from rgtp.models.vivit import ViViT, predict_views
+from rgtp.progress import progress_bar
+
+__all__ = ["ClipSet", "FrameSet", "evaluate_action", "evaluate_detection", "prepare_clips", "prepare_frames"]
+
+logger = logging.getLogger(__name__)
+
+DETECTOR_SCOPES = ("backbone", "rgtp", "neck", "head")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Detection
+
+
+@dataclass
+class FrameSet:
+    """A detection test set, preprocessed once for every variant."""
+
+    classes: tuple[str, ...]
+    sequences: list[list[tuple[Tensor, float]]]  # per sequence, per frame: (3, S, S) input and its resize scale
+    ground_truth: list[tuple[np.ndarray, np.ndarray]]  # per frame, in sequence order: boxes (M, 4), labels (M,)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+
+def prepare_frames(data: DetectionSet, size: int, max_frames: int | None = None) -> FrameSet:
+    """Preprocess every frame (resize, normalise, pad to ``size``); at most ``max_frames`` per sequence."""
+    sequences, truth = [], []
+    for seq in data:
+        stop = len(seq) if max_frames is None else min(max_frames, len(seq))
+        sequences.append([preprocess_frame(torch.from_numpy(seq.frames[t]), size) for t in range(stop)])
+        truth += [(seq.boxes[t], seq.labels[t]) for t in range(stop)]
+    return FrameSet(data.classes, sequences, truth)
+
+
+def _detect_all(variant: Variant, model: ViTDet, frames: FrameSet, bar: Any) -> dict[str, Any]:
+    stepper = build_stepper(variant, model)
+    predictions, kept, state_bytes = [], [], 0
+    with MacCounter() as counter:
+        for sequence in frames.sequences:
+            state = stepper.new_state()
+            for image, scale in sequence:
+                result = stepper.step(image[None], state)
+                det = result.detections[0]
+                boxes = (det.boxes.float() / scale).numpy()
+                predictions.append((boxes, det.scores.float().numpy(), det.labels.numpy()))
+                kept.append(result.num_kept)
+                state_bytes = max(state_bytes, state.nbytes())
+                bar.update(1)
+    n = frames.num_frames
+    metrics = coco_map(frames.ground_truth, predictions, frames.classes)
+    return {
+        **variant.describe(),
+        "accuracy": round(100.0 * metrics.map50, 3),
+        "map": round(100.0 * metrics.map, 3),
+        "gmacs": counter.macs(PAPER_SCOPES) / n / 1e9,
+        "detector_gmacs": counter.macs(DETECTOR_SCOPES) / n / 1e9,
+        "kept_mean": float(np.mean(kept)),
+        "state_mb": state_bytes / 2**20,
+        "frames": n,
+    }
+
+
+def _time_frames(variant: Variant, model: ViTDet, frames: FrameSet, count: int) -> float:
+    """Mean ms per frame over the first ``count`` frames of the first sequence(s), from a fresh state."""
+    stepper = build_stepper(variant, model)
+    elapsed, done = 0.0, 0
+    for sequence in frames.sequences:
+        state = stepper.new_state()
+        for image, _ in sequence[: count - done]:
+            start = time.perf_counter()
+            stepper.step(image[None], state)
+            elapsed += time.perf_counter() - start
+            done += 1
+        if done >= count:
+            break
+    return 1e3 * elapsed / max(done, 1)
+
+
+def evaluate_detection(
+    model: ViTDet,
+    variants: Sequence[Variant],
+    frames: FrameSet,
+    log: ResultLog,
+    timing_frames: int = 48,
+    timing_rounds: int = 3,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every variant over the test frames; returns one record per variant (resumed ones included)."""
+    return _evaluate(
+        variants,
+        log,
+        lambda v, bar: _detect_all(v, model, frames, bar),
+        lambda v: _time_frames(v, model, frames, timing_frames),
+        frames.num_frames,
+        timing_rounds if timing_frames > 0 else 0,
+        "frame",
+        progress,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Action recognition
+
+
+@dataclass
+class ClipSet:
+    """An action test set as decoded uint8 videos with labels."""
+
+    videos: list[np.ndarray]  # (T, H, W, 3) uint8
+    labels: list[int]
+    preset: Preset  # decides the views
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def batch(self, start: int, stop: int) -> Tensor:
+        """Views of clips [start, stop): (clips * views, 3, T, crop, crop)."""
+        return torch.cat([preset_views(v, self.preset) for v in self.videos[start:stop]])
+
+
+def prepare_clips(data: ActionDataset, preset: Preset, max_clips: int | None = None) -> ClipSet:
+    clips = list(data)[:max_clips] if max_clips is not None else list(data)
+    return ClipSet([data.load(c) for c in clips], [c.label for c in clips], preset)
+
+
+def _classify_all(variant: Variant, model: ViViT, clips: ClipSet, batch: int, bar: Any) -> dict[str, Any]:
+    runner = build_clip_runner(variant, model)
+    views = clips.preset.views[0] * clips.preset.views[1]
+    correct, state_bytes = 0, 0
+    with MacCounter() as counter:
+        for start in range(0, len(clips), batch):
+            x = clips.batch(start, start + batch)  # (clips * views, 3, T, H, W)
+            logits = model.classify(runner.spatial_features(x))  # (clips * views, classes + nouns)
+            probs = predict_views(model.split(logits)[0], views)  # (clips, classes)
+            labels = torch.tensor(clips.labels[start : start + batch])
+            correct += int((probs.argmax(-1) == labels).sum())
+            state_bytes = max(state_bytes, runner.last_state_nbytes // x.shape[0])  # per stream (one view)
+            bar.update(probs.shape[0])
+    n = len(clips)
+    return {
+        **variant.describe(),
+        "accuracy": round(100.0 * correct / n, 3),
+        "gmacs": counter.macs(PAPER_SCOPES) / n / 1e9,
+        "state_mb": state_bytes / 2**20,
+        "clips": n,
+    }
+
+
+def _time_clips(variant: Variant, model: ViViT, clips: ClipSet, count: int) -> float:
+    """Mean ms per clip (all its views) over the first ``count`` clips, one clip at a time (streaming)."""
+    runner = build_clip_runner(variant, model)
+    inputs = [clips.batch(i, i + 1) for i in range(min(count, len(clips)))]
+    start = time.perf_counter()
+    with torch.no_grad():
+        for x in inputs:
+            model.classify(runner.spatial_features(x))
+    return 1e3 * (time.perf_counter() - start) / max(len(inputs), 1)
+
+
+def evaluate_action(
+    model: ViViT,
+    variants: Sequence[Variant],
+    clips: ClipSet,
+    log: ResultLog,
+    batch: int = 25,
+    timing_clips: int = 16,
+    timing_rounds: int = 3,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every variant over the test clips; returns one record per variant (resumed ones included)."""
+    return _evaluate(
+        variants,
+        log,
+        lambda v, bar: _classify_all(v, model, clips, batch, bar),
+        lambda v: _time_clips(v, model, clips, timing_clips),
+        len(clips),
+        timing_rounds if timing_clips > 0 else 0,
+        "clip",
+        progress,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shared driver
+
+
+def _evaluate(
+    variants: Sequence[Variant],
+    log: ResultLog,
+    run: Any,
+    time_one: Any,
+    units: int,
+    rounds: int,
+    unit: str,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Accuracy pass per variant (skipping finished ones), then interleaved timing rounds (also logged)."""
+    done = log.done()
+    records: dict[str, dict[str, Any]] = {}
+    with torch.no_grad():
+        for variant in variants:
+            key = f"eval/{variant.name}"
+            if key in done and done[key].get("config") == _plain(variant.describe()["config"]):
+                records[variant.name] = done[key]
+                continue
+            bar = progress_bar(units, variant.name, progress, unit)
+            try:
+                record = run(variant, bar)
+            finally:
+                bar.close()
+            log.append(key, record)
+            records[variant.name] = record
+            logger.info("%s: accuracy %.2f, %.4f GMACs per %s", variant.name, record["accuracy"], record["gmacs"], unit)
+        timings = _timings(variants, log, done, time_one, rounds)
+    for name, ms in timings.items():
+        records[name][f"ms_per_{unit}"] = ms
+    return [records[v.name] for v in variants]
+
+
+def _timings(
+    variants: Sequence[Variant], log: ResultLog, done: dict[str, Any], time_one: Any, rounds: int
+) -> dict[str, float]:
+    """Median over rounds of each variant's mean time; every round runs all variants in turn (logged per round)."""
+    if rounds <= 0:
+        return {}
+    samples: dict[str, list[float]] = {v.name: [] for v in variants}
+    warm = False
+    for r in range(rounds):
+        key = f"time/{r}"
+        if key in done and set(done[key]["ms"]) >= set(samples):
+            row = done[key]["ms"]
+        else:
+            if not warm:
+                for v in variants:
+                    time_one(v)  # warm-up before the first timed round: allocations, first-call dispatch
+                warm = True
+            row = {v.name: time_one(v) for v in variants}
+            log.append(key, {"ms": row})
+        for name in samples:
+            samples[name].append(row[name])
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _plain(obj: Any) -> Any:
+    """As the object reads back from JSON (tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(obj))

@@ -1,0 +1,159 @@
+"""The methods the benchmark compares, each at several compute budgets, and how to build their runtimes.
+
+A :class:`Variant` is one point of one method: RGTP and its ablations, the naive subsets and the MaskVD-style box
+tokens are :class:`~rgtp.config.RGTPConfig` variants that run through the same pipeline (same buffers, same
+schedule, only the choice of tokens or one ingredient differs); Eventful-style gating and ToMe-style merging have
+their own runtimes. Every runtime offers the same interface as the RGTP runtime of its model family, so the
+evaluation code does not know which method it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from rgtp.config import EventfulConfig, RGTPConfig, ToMeConfig
+from rgtp.models.vitdet import ViTDet
+from rgtp.models.vivit import ViViT
+from rgtp.runtime import DenseViTDet, RGTPViTDet, RGTPViViT
+
+__all__ = [
+    "ABLATIONS",
+    "BASELINES",
+    "Variant",
+    "action_variants",
+    "build_clip_runner",
+    "build_stepper",
+    "detection_variants",
+    "select_methods",
+]
+
+#: Methods the targets compare RGTP against (the ablations are reported but are not competitors).
+BASELINES = ("Eventful", "ToMe", "random", "uniform", "MaskVD boxes")
+ABLATIONS = ("RGTP no tracking", "RGTP mean fusion", "RGTP no reset")
+
+RGTP_KEEPS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+SUBSET_KEEPS = (0.15, 0.2, 0.3, 0.4, 0.5)
+EVENTFUL_KEEPS = (0.1, 0.2, 0.3, 0.4, 0.5)
+TOME_KEEPS = (0.1, 0.2, 0.35, 0.5, 0.7)
+BOX_MARGINS = (0, 1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One method at one setting. ``config`` is None for the dense model."""
+
+    method: str
+    setting: str
+    config: RGTPConfig | EventfulConfig | ToMeConfig | None
+
+    @property
+    def name(self) -> str:
+        return self.method if not self.setting else f"{self.method} {self.setting}"
+
+    def describe(self) -> dict[str, Any]:
+        cfg = None if self.config is None else {"type": type(self.config).__name__, **dataclasses.asdict(self.config)}
+        return {"method": self.method, "setting": self.setting, "config": cfg}
+
+
+def _keep(cfg: RGTPConfig, keep_ratio: float, **selection: Any) -> RGTPConfig:
+    return dataclasses.replace(cfg, selection=dataclasses.replace(cfg.selection, keep_ratio=keep_ratio, **selection))
+
+
+def _no_tracking(cfg: RGTPConfig) -> RGTPConfig:
+    return dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, radius=0))
+
+
+def _mean_fusion(cfg: RGTPConfig) -> RGTPConfig:
+    return dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, head_fusion="mean"))
+
+
+def _no_reset(cfg: RGTPConfig) -> RGTPConfig:
+    return dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, reset_every=None))
+
+
+def _common_variants(base: RGTPConfig) -> list[Variant]:
+    """Dense, RGTP, its ablations, the naive subsets, Eventful and ToMe (both families)."""
+    out = [Variant("dense", "", None)]
+    out += [Variant("RGTP", f"keep {r:g}", _keep(base, r)) for r in RGTP_KEEPS]
+    for name, change in zip(ABLATIONS, (_no_tracking, _mean_fusion, _no_reset), strict=True):
+        out += [Variant(name, f"keep {r:g}", change(_keep(base, r))) for r in SUBSET_KEEPS]
+    for policy in ("random", "uniform"):
+        out += [Variant(policy, f"keep {r:g}", _keep(base, r, policy=policy)) for r in SUBSET_KEEPS]
+    out += [Variant("Eventful", f"keep {r:g}", EventfulConfig(keep_ratio=r)) for r in EVENTFUL_KEEPS]
+    # ToMe at RGTP's budgets: merge early (a constant r per block would leave a handful of tokens), attention on the
+    # merged tokens with proportional attention (ViTDet: relative positions at the merged tokens' centroids).
+    tome = [ToMeConfig(keep_ratio=r, spread="front", global_attn="merged") for r in TOME_KEEPS]
+    out += [Variant("ToMe", f"keep {c.keep_ratio:g}", c) for c in tome]
+    return out
+
+
+def detection_variants(base: RGTPConfig) -> list[Variant]:
+    """Every detection variant; ``base`` is the task's RGTP preset (the paper's ViTDet settings on its grid)."""
+    boxes = [
+        Variant("MaskVD boxes", f"margin {m}", _keep(base, 1.0, policy="boxes", box_margin=m)) for m in BOX_MARGINS
+    ]
+    return _common_variants(base) + boxes
+
+
+def action_variants(base: RGTPConfig) -> list[Variant]:
+    """Every action-recognition variant; ``base`` is the task's RGTP preset (the paper's ViViT settings)."""
+    return _common_variants(base)
+
+
+def select_methods(variants: Sequence[Variant], methods: Sequence[str] | None) -> list[Variant]:
+    """The variants of the named methods (case-insensitive; None: all). Dense is always kept (the reference)."""
+    if not methods:
+        return list(variants)
+    known = {v.method.lower() for v in variants}
+    wanted = {m.strip().lower() for m in methods if m.strip()}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known)}")
+    return [v for v in variants if v.method == "dense" or v.method.lower() in wanted]
+
+
+def build_stepper(variant: Variant, model: ViTDet) -> Any:
+    """The frame-by-frame runtime of a detection variant (``new_state()``, ``step(images, state)``)."""
+    from rgtp.runtime.eventful import EventfulViTDet
+    from rgtp.runtime.tome import ToMeViTDet
+
+    cfg, head = variant.config, model.detect
+    if cfg is None:
+        return DenseViTDet(model, head)
+    if isinstance(cfg, RGTPConfig):
+        return RGTPViTDet(model, cfg, head)
+    if isinstance(cfg, EventfulConfig):
+        return EventfulViTDet(model, cfg, head)
+    return ToMeViTDet(model, cfg, head)
+
+
+class _DenseClips:
+    """The dense ViViT behind the clip-runner interface."""
+
+    last_state_nbytes = 0
+
+    def __init__(self, model: ViViT) -> None:
+        self.model = model
+
+    def spatial_features(self, clip: Tensor) -> Tensor:
+        return self.model.spatial_features(clip)
+
+
+def build_clip_runner(variant: Variant, model: ViViT) -> Any:
+    """The clip runtime of an action variant (``spatial_features(clip)``, ``last_state_nbytes``)."""
+    from rgtp.runtime.eventful import EventfulViViT
+    from rgtp.runtime.tome import ToMeViViT
+
+    cfg = variant.config
+    if cfg is None:
+        return _DenseClips(model)
+    if isinstance(cfg, RGTPConfig):
+        return RGTPViViT(model, cfg)
+    if isinstance(cfg, EventfulConfig):
+        return EventfulViViT(model, cfg)
+    return ToMeViViT(model, cfg)
