@@ -16,8 +16,8 @@ from rgtp.training.vivit import ClipSamples, random_view
 
 @pytest.fixture(scope="module")
 def rendered() -> list:
-    """Eight short validation sequences with their instance-id maps."""
-    return list(_render_split("val", 8, 16, 0, (160, 256)))
+    """Eight validation sequences with their instance-id maps."""
+    return list(_render_split("val", 8, 32, 0, (160, 256)))
 
 
 def _best_threshold_accuracy(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,7 +58,7 @@ def test_shapes_default_split() -> None:
     counts = [len(b) for s in ds for b in s.boxes]
     assert 2.0 <= np.mean(counts) <= 6.0
     widths = np.concatenate([b[:, 2] - b[:, 0] for s in ds for b in s.boxes])
-    assert widths.max() <= 61 and np.median(widths) >= 12
+    assert widths.max() <= 89 and np.median(widths) >= 24  # circumradius <= 44: at most 89 px across
     assert float(np.abs(np.diff(seq.frames[:, :, :, 0].astype(np.int16), axis=0)).mean()) > 1.0  # the camera moves
 
 

@@ -12,7 +12,7 @@ Every sequence is drawn from its own random stream, ``SeedSequence([tag, seed, s
   the class, in the object's own rotating coordinates, so a detector has to learn shape. Each object follows a
   ballistic path (speed 0.3–3.5 px/frame, acceleration at most 0.03 px/frame² per axis), rotates at up to
   0.08 rad/frame and grows or shrinks smoothly (exponentially, at most 2 %/frame) with its circumradius kept in
-  [6, 30] px (12–60 px across). A sequence starts with 2–4 objects inside the frame; about one more per 16 frames
+  [12, 44] px (24–88 px across). A sequence starts with 2–4 objects inside the frame; about one more per 16 frames
   enters across an edge at a random time; any object may leave. Later objects are drawn on top (z-order), so
   objects occlude each other. Classes are dealt from a per-split stream of shuffled blocks of the six classes, so
   every class has the same number of objects over a split, up to one block.
@@ -51,8 +51,8 @@ SHAPES_SPLITS: dict[str, tuple[int, int, int]] = {"train": (1, 64, 24), "val": (
 
 _TAG = 0x5348  # "SH": keeps these streams apart from other generated sets with the same seed
 _TEXTURES = ("noise", "stripes", "checker", "dots")
-_RADIUS = (6.0, 30.0)  # circumradius bounds, pixels
-_MID_RADIUS = (7.0, 28.0)  # circumradius at mid-sequence, log-uniform
+_RADIUS = (12.0, 44.0)  # circumradius bounds, pixels (objects of about 2-5 tokens of 16 px)
+_MID_RADIUS = (14.0, 40.0)  # circumradius at mid-sequence, log-uniform
 _MAX_GROWTH = 0.02  # |d log r / dt|, per frame
 _SPEED = (0.3, 3.0)  # objects present at the start, px/frame
 _ENTER_SPEED = (1.0, 3.5)  # entering objects, px/frame
