@@ -54,6 +54,7 @@ from rgtp.training.loop import (
     all_sum,
     epoch_batches,
     keyed_loader,
+    lr_schedule,
     plain,
     rank_seed,
     read_checkpoint,
@@ -140,12 +141,7 @@ def det_recipe(name: str, **overrides: Any) -> DetTrainConfig:
 
 def lr_factor(cfg: DetTrainConfig, step: int, total: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based) of ``total``, as a fraction of ``cfg.lr``."""
-    if step < cfg.warmup_steps:
-        return cfg.warmup_factor + (1.0 - cfg.warmup_factor) * step / cfg.warmup_steps
-    if not cfg.cosine:
-        return 1.0
-    progress = min(1.0, (step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1))
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr_schedule(step, total, cfg.warmup_steps, cfg.cosine, cfg.warmup_factor, cfg.min_lr_ratio)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

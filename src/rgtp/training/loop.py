@@ -36,6 +36,7 @@ import dataclasses
 import gc
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -101,10 +102,14 @@ class TrainConfig:
     max_steps: int | None = None  # at most this many optimiser steps per epoch (smoke tests)
     val_batch_size: int | None = None  # clips per validation batch (None: the job's default)
     workers: int = 0  # DataLoader worker processes (0: load in the main process)
+    warmup_steps: int = 0  # linear warmup (0: none; the paper's recipes use a constant learning rate)
+    cosine: bool = False  # cosine decay to 0 after the warmup (training from scratch)
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.epochs < 0 or self.batch_size < 1 or self.workers < 0:
             raise ConfigError("epochs must be >= 0, batch_size >= 1 and workers >= 0")
         if self.weight_decay < 0 or not 0.0 <= self.dropout < 1.0:
@@ -119,7 +124,9 @@ RECIPES: dict[str, TrainConfig] = {
     "k400": TrainConfig("k400", lr=2e-6, epochs=10, batch_size=16),
     "epic": TrainConfig("epic", lr=1e-5, epochs=5, batch_size=8),
     # The benchmark's small ViViT, trained from scratch on the generated motions (rgtp bench action).
-    "motions": TrainConfig("motions", lr=3e-4, epochs=8, batch_size=32, dropout=0.0, val_batch_size=50),
+    "motions": TrainConfig(
+        "motions", lr=1e-3, epochs=20, batch_size=32, dropout=0.0, val_batch_size=50, warmup_steps=100, cosine=True
+    ),
 }
 RECIPE_SPLITS: dict[str, tuple[str, str]] = {
     "k400": ("train", "val"),
@@ -315,6 +322,19 @@ def rank_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
 
 
+def lr_schedule(
+    step: int, total: int, warmup_steps: int, cosine: bool, warmup_factor: float = 0.001, min_ratio: float = 0.0
+) -> float:
+    """Learning-rate factor of optimiser step ``step`` (0-based) of ``total``: linear warmup from ``warmup_factor``
+    over ``warmup_steps``, then constant or a cosine decay to ``min_ratio``."""
+    if step < warmup_steps:
+        return warmup_factor + (1.0 - warmup_factor) * step / warmup_steps
+    if not cosine:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(total - warmup_steps, 1))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, max_steps: int | None = None) -> list[list[int]]:
     """The global batches of an epoch: a permutation of ``range(n)`` seeded by ``seed + epoch`` (the same on every
     process), cut into batches of ``batch_size``, the first ``max_steps`` of them."""
@@ -333,6 +353,7 @@ def _train_epoch(
 ) -> dict[str, Any]:
     """One pass over the shuffled training set; returns the global mean loss and the step count."""
     batches = epoch_batches(len(job.train_set), cfg.batch_size, cfg.seed, epoch, cfg.max_steps)
+    first_step, total_steps = (epoch - 1) * len(batches), cfg.epochs * len(batches)
     torch.manual_seed(rank_seed(cfg.seed, epoch, info.rank))  # dropout (and anything random) is reproducible
     job.model.train()
     device = next(job.model.parameters()).device
@@ -342,6 +363,9 @@ def _train_epoch(
         for batch in keyed_loader(job.train_set, [b[info.rank :: info.world] for b in batches], epoch, cfg.workers):
             failed.update(batch.failed)
             total = all_sum(torch.tensor([float(len(batch.indices))]), info, device)[0].item()  # in the global batch
+            factor = lr_schedule(first_step + steps, total_steps, cfg.warmup_steps, cfg.cosine)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * factor
             if total > 0:
                 per_sample = _step(ddp, job, cfg, opt, batch, total, info.world, device)
                 loss_sum += per_sample.double().sum().cpu()
