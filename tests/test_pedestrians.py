@@ -66,9 +66,12 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_time_split_resize_and_boxes(clip: tuple[Path, Path]) -> None:
     video, boxes = clip
-    train = load_pedestrians(video, boxes, "train", size=SIZE, min_score=0.5)
+    train = load_pedestrians(video, boxes, "trainval", size=SIZE, min_score=0.5)
     test = load_pedestrians(video, boxes, "test", size=SIZE, min_score=0.5)
     assert (train.num_frames, test.num_frames) == (6, 2)  # floor(0.75 * 8) frames, then the rest
+    # val: the end of trainval (here a quarter of it), train: the frames before it
+    fit, val = (load_pedestrians(video, boxes, s, size=SIZE) for s in ("train", "val"))
+    assert [s.name for s in fit] == ["clip[0:5]"] and [s.name for s in val] == ["clip[5:6]"]
     assert train.classes == test.classes == ("person",)
     assert [s.name for s in train] == ["clip[0:6]"] and [s.name for s in test] == ["clip[6:8]"]
     seq = test[0]
@@ -96,7 +99,7 @@ def test_frames_need_no_further_resize(clip: tuple[Path, Path]) -> None:
 
 def test_chunks(clip: tuple[Path, Path]) -> None:
     video, boxes = clip
-    train = load_pedestrians(video, boxes, "train", size=SIZE, chunk=4)
+    train = load_pedestrians(video, boxes, "trainval", size=SIZE, chunk=4)
     assert [s.name for s in train] == ["clip[0:4]", "clip[4:6]"]
     assert [len(s) for s in train] == [4, 2]
     test = load_pedestrians(video, boxes, "test", size=SIZE, chunk=1)
@@ -104,7 +107,7 @@ def test_chunks(clip: tuple[Path, Path]) -> None:
     whole = load_pedestrians(video, boxes, "all", size=SIZE, chunk=0)
     assert len(whole) == 1 and len(whole[0]) == T
     with pytest.raises(ValueError, match="split"):
-        load_pedestrians(video, boxes, "val")
+        load_pedestrians(video, boxes, "validation")
 
 
 def test_errors(clip: tuple[Path, Path], tmp_path: Path) -> None:

@@ -352,16 +352,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _detection_sets(args: argparse.Namespace) -> tuple[DetectionSet, DetectionSet]:
+def _detection_sets(args: argparse.Namespace, preset: Preset) -> tuple[DetectionSet, DetectionSet]:
     """The (train, validation) detection sets of `train vitdet` (--data, --video/--boxes, --max-sequences)."""
     import dataclasses
 
     from rgtp.data.detection import build_detection_set
     from rgtp.training.detection import DET_SPLITS
 
-    options = {k: v for k, v in (("video", args.video), ("boxes", args.boxes)) if v is not None}
+    options: dict[str, Any] = {k: v for k, v in (("video", args.video), ("boxes", args.boxes)) if v is not None}
     if options and args.data != "pedestrians":
         raise ConfigError("--video and --boxes are options of --data pedestrians")
+    if args.data == "pedestrians":  # frames are resized once, for the model's input size
+        options["size"] = preset.model.img_size  # type: ignore[union-attr]
     default_train, default_val = DET_SPLITS.get(args.data, ("train", "val"))
     sets = []
     for split in (args.train_split or default_train, args.val_split or default_val):
@@ -386,7 +388,7 @@ def cmd_train_vitdet(args: argparse.Namespace) -> int:
     flags = {"val_frames": args.val_frames, "eval_every": args.eval_every, "hflip": False if args.no_hflip else None}
     cfg = det_recipe(recipe, **overrides, **flags)
     try:
-        train, val = _detection_sets(args)
+        train, val = _detection_sets(args, preset)
         result = train_vitdet(train, val, args.out, preset, cfg, args.weights, args.device, not args.quiet)
     finally:
         cleanup()

@@ -165,9 +165,10 @@ for _name, (_ds, _args, _kept, _acc, _tmacs) in _VIVIT_ROWS.items():
 # Small models of the offline benchmark (rgtp.bench): trained on CPU here, with the paper's settings scaled to the grid
 
 
-def small_detector(num_classes: int) -> ViTDetConfig:
-    """A ViTDet-style detector for 256x256 inputs: 16x16 tokens, 6 blocks (windows of 8x8, global blocks 2 and 5),
-    the simple feature pyramid and a Faster R-CNN head sized down (anchors 16..256, fewer proposals)."""
+def small_detector(num_classes: int, img_size: int = 256) -> ViTDetConfig:
+    """A ViTDet-style detector for small square inputs (256: 16x16 tokens; 384: 24x24): 6 blocks of width 128
+    (windows of 8x8, global blocks 2 and 5), the simple feature pyramid and a Faster R-CNN head sized down (anchors
+    16..256, fewer proposals)."""
     head = DetectorConfig(
         num_classes=num_classes,
         anchor_sizes=(16, 32, 64, 128, 256),
@@ -179,27 +180,27 @@ def small_detector(num_classes: int) -> ViTDetConfig:
         max_detections=50,
     )
     return ViTDetConfig(
-        img_size=256,
+        img_size=img_size,
         embed_dim=128,
         depth=6,
         num_heads=4,
         window_size=8,
         global_blocks=(2, 5),
         pos_embed_grid=16,
-        rel_pos_grid=16,
+        rel_pos_grid=img_size // 16,
         pyramid_dim=64,
         head=head,
     )
 
 
 def small_vivit(num_classes: int) -> ViViTConfig:
-    """A factorised ViViT for 16-frame 96x96 clips: tubelets 2x8x8 (8 steps of 12x12 tokens), 4 spatial blocks,
-    2 temporal blocks, width 96."""
+    """A factorised ViViT small enough to train on CPU: 16-frame 80x80 clips, tubelets 2x8x8 (8 steps of 10x10
+    tokens), 4 spatial blocks, 2 temporal blocks, width 64."""
     return ViViTConfig(
-        img_size=96,
+        img_size=80,
         num_frames=16,
         tubelet=(2, 8, 8),
-        embed_dim=96,
+        embed_dim=64,
         depth=4,
         temporal_depth=2,
         num_heads=4,
@@ -212,7 +213,8 @@ MOTIONS_CLASSES = 10  # rgtp.data.motions.MOTION_CLASSES
 
 
 def _small_det(name: str, task: str, keep_ratio: float | None) -> Preset:
-    model = small_detector(SHAPES_CLASSES if task == "shapes" else 1)
+    # vtest's pedestrians are small (about 80 of 576 px tall): that detector sees 384x384 inputs (24x24 tokens)
+    model = small_detector(SHAPES_CLASSES, 256) if task == "shapes" else small_detector(1, 384)
     rgtp = None
     what = "dense"
     if keep_ratio is not None:

@@ -70,7 +70,8 @@ def _data(task: BenchTask, split: str, video: str | None, boxes: str | None, **o
                 "the pedestrian benchmark needs --video vtest.avi (OpenCV's sample clip; see README: "
                 "`apt-get download opencv-doc` or opencv/samples/data/vtest.avi)"
             )
-        return load_pedestrians(video, boxes or default_boxes(), split, **options)
+        size = get_preset(task.dense_preset).model.img_size  # type: ignore[union-attr]
+        return load_pedestrians(video, boxes or default_boxes(), split, size=size, **options)
     from rgtp.data.motions import MotionDataset
 
     return MotionDataset("generated", split, **options)
@@ -100,12 +101,8 @@ def _train(task: BenchTask, run_dir: Path, video: str | None, boxes: str | None,
     else:
         from rgtp.training.detection import DET_RECIPES, train_vitdet
 
-        if task.name == "detection":
-            train_set, val_set = _data(task, "train", None, None), _data(task, "val", None, None)
-        else:  # validation: the last two chunks of the training frames (the test frames stay unseen)
-            full = _data(task, "train", video, boxes)
-            train_set = replace(full, sequences=full.sequences[:-2])
-            val_set = replace(full, split="val", sequences=full.sequences[-2:])
+        # pedestrians: validation on the last 48 frames before the test part (the test frames stay unseen)
+        train_set, val_set = _data(task, "train", video, boxes), _data(task, "val", video, boxes)
         recipe = DET_RECIPES["shapes" if task.name == "detection" else "pedestrians"]
         train_vitdet(train_set, val_set, run_dir, preset, recipe, device=device, progress=progress)
     return run_dir / "best.pt"

@@ -68,6 +68,7 @@ __all__ = [
     "PEDESTRIAN_CLASSES",
     "TRAIN_CHUNK",
     "TRAIN_FRACTION",
+    "VAL_FRAMES",
     "HogParams",
     "PedestrianDataError",
     "hog_boxes",
@@ -80,15 +81,18 @@ logger = logging.getLogger(__name__)
 #: Class names of the set (labels are all 0).
 PEDESTRIAN_CLASSES: tuple[str, ...] = ("person",)
 
-#: The ``train`` split is the first ``floor(TRAIN_FRACTION * frames)`` frames; ``test`` is the rest.
+#: The ``trainval`` split is the first ``floor(TRAIN_FRACTION * frames)`` frames; ``test`` is the rest. ``val`` is the
+#: last ``VAL_FRAMES`` frames of ``trainval`` (at most a quarter of it; model selection without looking at the test
+#: frames), ``train`` the frames before them.
 TRAIN_FRACTION = 0.75
+VAL_FRAMES = 48
 
 #: Frames per sequence of the ``train`` split by default (``test`` and ``all`` are one sequence by default).
 TRAIN_CHUNK = 24
 
 _FORMAT = "rgtp-pedestrian-boxes"
 _VERSION = 1
-_SPLITS = ("train", "test", "all")
+_SPLITS = ("train", "val", "trainval", "test", "all")
 _INSTALL_HINT = "building pedestrian boxes needs OpenCV: pip install 'rgtp[bench]' (opencv-python-headless)"
 _VIDEO_HINT = (
     "vtest.avi is OpenCV's sample clip: `apt-get download opencv-doc && dpkg-deb --fsys-tarfile opencv-doc_*.deb | "
@@ -431,7 +435,8 @@ def load_pedestrians(
     Args:
         video_path: vtest.avi (see the module docstring for where to get it).
         boxes_path: the boxes file made from it (``benchmarks/data/vtest_hog_boxes.json``).
-        split: ``train`` (the first 75% of the frames), ``test`` (the rest) or ``all``.
+        split: ``trainval`` (the first 75% of the frames), ``test`` (the rest), ``all``; ``val`` is the last 48
+            frames of ``trainval`` and ``train`` the frames before them.
         size: the detector's square input side; frames get :func:`rgtp.models.vitdet.resize_shape` of it
             (768x576 -> 213x160 at 256) and boxes :func:`rgtp.models.vitdet.resize_scale`.
         min_score: keep boxes whose score (SVM margin) is at least this.
@@ -466,7 +471,8 @@ def load_pedestrians(
         )
     n, height, width = data["num_frames"], data["height"], data["width"]
     cut = math.floor(TRAIN_FRACTION * n)
-    start, stop = {"train": (0, cut), "test": (cut, n), "all": (0, n)}[split]
+    val = cut - min(VAL_FRAMES, cut // 4)
+    start, stop = {"train": (0, val), "val": (val, cut), "trainval": (0, cut), "test": (cut, n), "all": (0, n)}[split]
     if stop <= start:
         raise PedestrianDataError(f"{source}: the {split} split of {n} frames is empty")
     from rgtp.io.video import video_info
@@ -487,7 +493,7 @@ def load_pedestrians(
         boxes.append(b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])].astype(np.float32))
     labels = tuple(np.zeros(len(b), dtype=np.int64) for b in boxes)
     whole = DetSequence(video.stem, frames, tuple(boxes), labels)
-    step = (TRAIN_CHUNK if split == "train" else 0) if chunk is None else chunk
+    step = (TRAIN_CHUNK if split in ("train", "trainval") else 0) if chunk is None else chunk
     step = step or len(whole)
     sequences = tuple(
         whole.slice(i, min(i + step, len(whole)), f"{video.stem}[{start + i}:{start + min(i + step, len(whole))}]")

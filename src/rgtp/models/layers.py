@@ -208,8 +208,9 @@ class Attention(nn.Module):
         out, _ = self._global(windows, (ws, ws), None)  # (B * nW, ws², C)
         return window_unpartition(out, ws, padded, grid).reshape(b, n, -1)  # (B, N, C)
 
-    def _add_rel_pos(self, logits: Tensor, q: Tensor, grid: tuple[int, int], query_idx: Tensor | None) -> Tensor:
-        """logits[q, k] += <q, Rh[qy, ky]> + <q, Rw[qx, kx]> (unscaled q), for Q queries: (B, h, Q, N)."""
+    def rel_terms(self, q: Tensor, grid: tuple[int, int], query_idx: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Decomposed relative-position terms of the queries q (B, h, Q, d) (unscaled), at raster positions
+        ``query_idx`` (B, Q) or at every cell: (B, h, Q, H) added to every key row, (B, h, Q, W) to every column."""
         gh, gw = grid
         rh = rel_pos_table(self.rel_pos_h, gh, self.rel_pos_resize)  # (H, H, d)
         rw = rel_pos_table(self.rel_pos_w, gw, self.rel_pos_resize)  # (W, W, d)
@@ -218,10 +219,15 @@ class Attention(nn.Module):
             r_q = q.reshape(b, h, gh, gw, d)  # (B, h, H, W, d)
             rel_h = torch.einsum("bhyxd,ykd->bhyxk", r_q, rh).reshape(b, h, nq, gh)  # (B, h, Q, H)
             rel_w = torch.einsum("bhyxd,xkd->bhyxk", r_q, rw).reshape(b, h, nq, gw)  # (B, h, Q, W)
-        else:
-            qy, qx = query_idx // gw, query_idx % gw  # (B, Q)
-            rel_h = torch.einsum("bhqd,bqkd->bhqk", q, rh[qy])  # (B, h, Q, H)
-            rel_w = torch.einsum("bhqd,bqkd->bhqk", q, rw[qx])  # (B, h, Q, W)
+            return rel_h, rel_w
+        qy, qx = query_idx // gw, query_idx % gw  # (B, Q)
+        return torch.einsum("bhqd,bqkd->bhqk", q, rh[qy]), torch.einsum("bhqd,bqkd->bhqk", q, rw[qx])
+
+    def _add_rel_pos(self, logits: Tensor, q: Tensor, grid: tuple[int, int], query_idx: Tensor | None) -> Tensor:
+        """logits[q, k] += <q, Rh[qy, ky]> + <q, Rw[qx, kx]> (unscaled q), for Q queries: (B, h, Q, N)."""
+        gh, gw = grid
+        b, h, nq, _ = q.shape
+        rel_h, rel_w = self.rel_terms(q, grid, query_idx)  # (B, h, Q, H), (B, h, Q, W)
         grid_logits = logits.view(b, h, nq, gh, gw)  # (B, h, Q, H, W); in place: no new (B, h, Q, N) tensors
         grid_logits.add_(rel_h[..., :, None]).add_(rel_w[..., None, :])
         return logits

@@ -44,12 +44,12 @@ from torch import Tensor
 
 from rgtp.config import EventfulConfig
 from rgtp.flops import scope
-from rgtp.models.layers import Attention, Block, rel_pos_table
-from rgtp.models.vitdet import Detections, ViTDet
+from rgtp.models.layers import Attention, Block
+from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.pruning.schedule import FrameKind
 from rgtp.runtime.common import gather_tokens, scatter_rows_
-from rgtp.runtime.vitdet import DetectionHead, FrameResult
+from rgtp.runtime.vitdet import DenseViTDet, DetectionHead, FrameResult
 
 __all__ = ["EventfulState", "EventfulViTDet", "EventfulViViT"]
 
@@ -192,7 +192,7 @@ class _GatedBlocks:
         if idx is None:
             buf[f"{i}.qk"] = (q * attn.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
             if attn.use_rel_pos:
-                buf[f"{i}.rel_h"], buf[f"{i}.rel_w"] = _rel_terms(attn, q, self._grid(), None)
+                buf[f"{i}.rel_h"], buf[f"{i}.rel_w"] = attn.rel_terms(q, self._grid(), None)
         else:
             b, h, n, d = q.shape
             rows = idx[:, None, :, None]  # (B, 1, K, 1)
@@ -203,7 +203,7 @@ class _GatedBlocks:
             cols = idx[:, None, None, :].expand(-1, h, n, -1)  # (B, h, N, K)
             qk.scatter_(3, cols, (q * attn.scale) @ k_rows.transpose(-2, -1))  # columns (B, h, N, K)
             if attn.use_rel_pos:
-                rel_h, rel_w = _rel_terms(attn, q_rows, self._grid(), idx)  # (B, h, K, H), (B, h, K, W)
+                rel_h, rel_w = attn.rel_terms(q_rows, self._grid(), idx)  # (B, h, K, H), (B, h, K, W)
                 buf[f"{i}.rel_h"].scatter_(2, rows.expand(-1, h, -1, rel_h.shape[-1]), rel_h)
                 buf[f"{i}.rel_w"].scatter_(2, rows.expand(-1, h, -1, rel_w.shape[-1]), rel_w)
         qk = buf[f"{i}.qk"]
@@ -247,25 +247,7 @@ class _GatedBlocks:
         return self.grid
 
 
-def _rel_terms(attn: Attention, q: Tensor, grid: tuple[int, int], query_idx: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Decomposed relative-position terms of the queries q (B, h, Q, d), unscaled, as :class:`Attention` adds them.
-
-    Returns (B, h, Q, H) and (B, h, Q, W): the terms added to the logits of every key row and key column.
-    """
-    gh, gw = grid
-    rh = rel_pos_table(attn.rel_pos_h, gh, attn.rel_pos_resize)  # (H, H, d)
-    rw = rel_pos_table(attn.rel_pos_w, gw, attn.rel_pos_resize)  # (W, W, d)
-    b, h, nq, d = q.shape
-    if query_idx is None:
-        r_q = q.reshape(b, h, gh, gw, d)  # (B, h, H, W, d)
-        rel_h = torch.einsum("bhyxd,ykd->bhyxk", r_q, rh).reshape(b, h, nq, gh)  # (B, h, Q, H)
-        rel_w = torch.einsum("bhyxd,xkd->bhyxk", r_q, rw).reshape(b, h, nq, gw)  # (B, h, Q, W)
-        return rel_h, rel_w
-    qy, qx = query_idx // gw, query_idx % gw  # (B, Q)
-    return torch.einsum("bhqd,bqkd->bhqk", q, rh[qy]), torch.einsum("bhqd,bqkd->bhqk", q, rw[qx])
-
-
-class EventfulViTDet:
+class EventfulViTDet(DenseViTDet):
     """The Eventful Transformers baseline for a :class:`~rgtp.models.vitdet.ViTDet`, behind RGTP's ``step``.
 
     One instance serves any number of streams; each stream's buffers live in its :class:`EventfulState`. Dense steps
@@ -282,9 +264,8 @@ class EventfulViTDet:
     """
 
     def __init__(self, model: ViTDet, cfg: EventfulConfig, head: DetectionHead | None = None) -> None:
-        self.model = model
+        super().__init__(model, head)
         self.cfg = cfg
-        self.head = head
         self.k = cfg.tokens(model.cfg.num_tokens)
         self._gated = _GatedBlocks(cfg, self.k, 0, model.cfg.grid)
         logger.debug(
@@ -294,15 +275,8 @@ class EventfulViTDet:
             cfg.global_attention,
         )
 
-    def new_state(self) -> EventfulState:
+    def new_state(self) -> EventfulState:  # type: ignore[override]
         return EventfulState()
-
-    def detect(self, features: dict[str, Tensor]) -> list[Detections] | None:
-        """The attached head's detections (None without a head)."""
-        if self.head is None:
-            return None
-        with scope("head"):
-            return self.head(features)
 
     @torch.no_grad()
     def step(self, images: Tensor, state: EventfulState) -> FrameResult:

@@ -129,7 +129,7 @@ DET_RECIPES: dict[str, DetTrainConfig] = {
 }
 
 
-DET_SPLITS: dict[str, tuple[str, str]] = {"shapes": ("train", "val"), "pedestrians": ("train", "test")}  # (train, val)
+DET_SPLITS: dict[str, tuple[str, str]] = {"shapes": ("train", "val"), "pedestrians": ("train", "val")}  # (train, val)
 
 
 def det_recipe(name: str, **overrides: Any) -> DetTrainConfig:
