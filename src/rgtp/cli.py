@@ -466,7 +466,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     whole = modes.add_parser("vivit", help="the whole ViViT on decoded clips (one random view per clip)")
     _add_preset_args(whole, positional=False, default=None)
     whole.add_argument("--weights", help="starting weights (rgtp state dict); random if omitted")
-    whole.add_argument("--epochs", type=int, required=True)
+    whole.add_argument("--epochs", type=int, help="default: the recipe's (motions: 20)")
     data_args(whole)
     _add_vitdet_training_parser(modes)
     for q in (temporal, whole):

@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rgtp.bench.evaluate import evaluate_action, evaluate_detection, prepare_clips, prepare_frames
 from rgtp.bench.methods import action_variants, detection_variants, select_methods
 from rgtp.bench.report import check_targets, markdown_table, plot
@@ -24,7 +26,7 @@ from rgtp.config import ConfigError
 from rgtp.evaluation.records import ResultLog, atomic_write_text, environment
 from rgtp.presets import get_preset
 
-__all__ = ["TASKS", "BenchTask", "run_bench"]
+__all__ = ["TASKS", "BenchTask", "export_weights", "run_bench"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,18 @@ TASKS: dict[str, BenchTask] = {
     ),
     "action": BenchTask("action", "motions_base", "motions_rgtp", "top-1 (%)", "Small ViViT on generated motions"),
 }
+
+
+def export_weights(src: str | Path, dst: str | Path, **meta: Any) -> Path:
+    """Write the model weights of a training run (``best.pt``) in fp16 with a little metadata: what ships in
+    ``src/rgtp/weights/``. Loading converts them back to the model's dtype."""
+    obj = torch.load(Path(src), map_location="cpu", weights_only=True)
+    state = obj.get("model", obj)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": half, "rgtp_meta": {"source": Path(src).name, **meta}}, dst)
+    return dst
 
 
 def _sha256(path: Path) -> str:

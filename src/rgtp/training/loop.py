@@ -125,7 +125,7 @@ RECIPES: dict[str, TrainConfig] = {
     "epic": TrainConfig("epic", lr=1e-5, epochs=5, batch_size=8),
     # The benchmark's small ViViT, trained from scratch on the generated motions (rgtp bench action).
     "motions": TrainConfig(
-        "motions", lr=1e-3, epochs=20, batch_size=32, dropout=0.0, val_batch_size=50, warmup_steps=100, cosine=True
+        "motions", lr=3e-4, epochs=20, batch_size=32, dropout=0.0, val_batch_size=50, warmup_steps=100, cosine=True
     ),
 }
 RECIPE_SPLITS: dict[str, tuple[str, str]] = {
