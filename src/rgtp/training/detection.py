@@ -124,7 +124,7 @@ class DetTrainConfig:
 # epoch. The localisation is good (disc, ring AP50 60-80); telling squares, triangles, stars and crosses apart needs
 # more steps than this budget. pedestrians (one class): the same settings, not measured.
 DET_RECIPES: dict[str, DetTrainConfig] = {
-    "shapes": DetTrainConfig("shapes", lr=5e-4, epochs=5, batch_size=8, warmup_steps=100, val_frames=144),
+    "shapes": DetTrainConfig("shapes", lr=5e-4, epochs=12, batch_size=8, warmup_steps=100, val_frames=144),
     "pedestrians": DetTrainConfig("pedestrians", lr=5e-4, epochs=10, batch_size=8, warmup_steps=100),
 }
 
