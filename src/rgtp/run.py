@@ -198,7 +198,7 @@ def _annotate_vitdet(
     frame = overlay_tokens(pixels, kept, heat_np, cfg.patch_size)
     if result.detections is not None and len(result.detections[0].boxes):
         frame = _draw_detections(frame, result.detections[0], cfg)
-    caption = f"t={result.t} {result.kind.value.upper()} kept {result.num_kept}/{cfg.num_tokens}  {gmacs:.1f} GMACs"
+    caption = f"t={result.t} {result.kind.value.upper()} kept {result.num_kept}/{cfg.num_tokens}  {gmacs:.3g} GMACs"
     if weights == "random":
         caption += "  [random weights]"
     return add_caption(frame, caption)
