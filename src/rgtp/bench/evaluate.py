@@ -25,7 +25,7 @@ from rgtp.bench.methods import Variant, build_clip_runner, build_stepper
 from rgtp.config import Preset
 from rgtp.data.action import ActionDataset, preset_views
 from rgtp.data.detection import DetectionSet
-from rgtp.evaluation.records import ResultLog
+from rgtp.evaluation.records import ResultLog, plain
 from rgtp.flops import PAPER_SCOPES, MacCounter
 from rgtp.metrics import coco_map
 from rgtp.models.vitdet import ViTDet, preprocess_frame
@@ -138,34 +138,35 @@ def evaluate_detection(
 
 @dataclass
 class ClipSet:
-    """An action test set as decoded uint8 videos with labels."""
+    """An action test set, its views computed once for every variant."""
 
-    videos: list[np.ndarray]  # (T, H, W, 3) uint8
+    views: list[Tensor]  # per clip: (views, 3, T, crop, crop), normalised
     labels: list[int]
-    preset: Preset  # decides the views
+    num_views: int
 
     def __len__(self) -> int:
-        return len(self.videos)
+        return len(self.views)
 
     def batch(self, start: int, stop: int) -> Tensor:
         """Views of clips [start, stop): (clips * views, 3, T, crop, crop)."""
-        return torch.cat([preset_views(v, self.preset) for v in self.videos[start:stop]])
+        return torch.cat(self.views[start:stop])
 
 
 def prepare_clips(data: ActionDataset, preset: Preset, max_clips: int | None = None) -> ClipSet:
+    """Decode every clip and make the preset's views (at most ``max_clips`` clips)."""
     clips = list(data)[:max_clips] if max_clips is not None else list(data)
-    return ClipSet([data.load(c) for c in clips], [c.label for c in clips], preset)
+    views = [preset_views(data.load(c), preset) for c in clips]
+    return ClipSet(views, [c.label for c in clips], preset.views[0] * preset.views[1])
 
 
 def _classify_all(variant: Variant, model: ViViT, clips: ClipSet, batch: int, bar: Any) -> dict[str, Any]:
     runner = build_clip_runner(variant, model)
-    views = clips.preset.views[0] * clips.preset.views[1]
     correct, state_bytes = 0, 0
     with MacCounter() as counter:
         for start in range(0, len(clips), batch):
             x = clips.batch(start, start + batch)  # (clips * views, 3, T, H, W)
             logits = model.classify(runner.spatial_features(x))  # (clips * views, classes + nouns)
-            probs = predict_views(model.split(logits)[0], views)  # (clips, classes)
+            probs = predict_views(model.split(logits)[0], clips.num_views)  # (clips, classes)
             labels = torch.tensor(clips.labels[start : start + batch])
             correct += int((probs.argmax(-1) == labels).sum())
             state_bytes = max(state_bytes, runner.last_state_nbytes // x.shape[0])  # per stream (one view)
@@ -234,7 +235,7 @@ def _evaluate(
     with torch.no_grad():
         for variant in variants:
             key = f"eval/{variant.name}"
-            if key in done and done[key].get("config") == _plain(variant.describe()["config"]):
+            if key in done and done[key].get("config") == plain(variant.describe()["config"]):
                 records[variant.name] = done[key]
                 continue
             bar = progress_bar(units, variant.name, progress, unit)
@@ -273,10 +274,3 @@ def _timings(
         for name in samples:
             samples[name].append(row[name])
     return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def _plain(obj: Any) -> Any:
-    """As the object reads back from JSON (tuples become lists)."""
-    import json
-
-    return json.loads(json.dumps(obj))

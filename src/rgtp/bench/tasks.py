@@ -207,7 +207,7 @@ def run_bench(
         "unit": unit,
         "weights": str(weights_path),
         "weights_sha256": header["weights_sha256"],
-        "data": test.describe() if family == "detection" else header["data"],
+        "data": header["data"],
         "environment": {**environment(), "timing_rounds": timing_rounds},
         "targets": targets,
         "records": records,

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["ResultLog", "ResumeError", "atomic_write_text", "environment", "write_results"]
+__all__ = ["ResultLog", "ResumeError", "atomic_write_text", "environment", "plain", "write_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class ResultLog:
     def __init__(self, directory: str | Path, header: dict[str, Any], rank: int = 0) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.header = json.loads(json.dumps(header))  # normalised as it will read back
+        self.header = plain(header)  # normalised as it will read back
         self.path = self.directory / f"part-{rank:03d}.jsonl"
         for part in self._parts():
             self._check_header(part)
@@ -144,6 +144,11 @@ def write_results(path: Path, results: list[_Result]) -> None:
     old = json.loads(path.read_text()) if path.is_file() else []
     merged = [r for r in old if r.get("preset") not in new] + [r.to_dict() for r in results]
     atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists): for comparing with what a file holds."""
+    return json.loads(json.dumps(obj))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -35,8 +35,8 @@ def scatter_rows_(buffer: Tensor, idx: Tensor, rows: Tensor) -> Tensor:
 
 
 def kept_count(kind: FrameKind, num_tokens: int, grid: tuple[int, int], cfg: RGTPConfig) -> int:
-    """Tokens kept after block 0 at a step of this kind (N on FULL steps; policy ``boxes``: an upper bound, the count
-    depends on the detections)."""
+    """Tokens kept after block 0 at a step of this kind (N on FULL steps). Policy ``boxes`` keeps a number that
+    depends on the detections; for it this is only the count its keep ratio would give."""
     if kind is FrameKind.FULL:
         return num_tokens
     if kind is FrameKind.GRID:

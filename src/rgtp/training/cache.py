@@ -33,7 +33,7 @@ from rgtp.build import build_runtime
 from rgtp.config import Preset, ViViTConfig, from_dict, to_dict
 from rgtp.data.action import ActionClip, ActionDataError, ActionDataset, preset_views
 from rgtp.evaluation.dist import DistInfo, barrier, gather, setup, shard
-from rgtp.evaluation.records import ResumeError, atomic_write_text
+from rgtp.evaluation.records import ResumeError, atomic_write_text, plain
 from rgtp.progress import progress_bar
 from rgtp.training.common import build_vivit, weights_name
 
@@ -78,7 +78,7 @@ def _check_resume(directory: Path, meta: dict[str, Any]) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    new = json.loads(json.dumps(meta))
+    new = plain(meta)
     diff = [k for k in _IDENTITY if old.get(k) != new.get(k)]
     if diff:
         raise ResumeError(

@@ -43,6 +43,7 @@ from rgtp.build import build_model, load_weights
 from rgtp.config import ConfigError, Preset, ViTDetConfig, to_dict
 from rgtp.data.detection import DetectionSet
 from rgtp.evaluation.dist import DistInfo, barrier, gather, setup, shard
+from rgtp.evaluation.records import plain
 from rgtp.metrics import coco_map
 from rgtp.models.frcnn import FRCNNTrainConfig
 from rgtp.models.vitdet import ViTDet, preprocess_frame, resize_shape
@@ -55,7 +56,6 @@ from rgtp.training.loop import (
     epoch_batches,
     keyed_loader,
     lr_schedule,
-    plain,
     rank_seed,
     read_checkpoint,
     resume_settings,

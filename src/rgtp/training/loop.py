@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rgtp.config import ConfigError, Preset, ViViTConfig, to_dict
 from rgtp.evaluation.dist import DistInfo, barrier, gather, shard
-from rgtp.evaluation.records import ResumeError, atomic_write_text
+from rgtp.evaluation.records import ResumeError, atomic_write_text, plain
 from rgtp.models.vivit import ViViT
 from rgtp.progress import progress_bar
 
@@ -70,7 +70,6 @@ __all__ = [
     "fit",
     "keyed_loader",
     "make_config",
-    "plain",
     "rank_seed",
     "read_checkpoint",
     "recipe_for",
@@ -311,10 +310,6 @@ def _identity(job: TrainJob, cfg: TrainConfig) -> dict[str, Any]:
     settings = resume_settings(cfg)
     trainable = sorted({n.split(".")[0] for n, p in job.model.named_parameters() if p.requires_grad})
     return plain({"kind": job.kind, **job.identity, "trainable": trainable, "nouns": job.nouns, "train": settings})
-
-
-def plain(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))  # as it reads back (tuples become lists)
 
 
 def rank_seed(seed: int, epoch: int, rank: int) -> int:
