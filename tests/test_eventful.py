@@ -75,6 +75,12 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+def _vivit_close(runtime: EventfulViViT, vivit: ViViT, clip: torch.Tensor) -> None:
+    """The runtime's spatial class tokens and logits equal the dense model's."""
+    torch.testing.assert_close(runtime.spatial_features(clip), vivit.spatial_features(clip), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(runtime(clip), vivit(clip), rtol=1e-4, atol=1e-5)
+
+
 def _differs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return any(not torch.allclose(a[k], b[k], atol=1e-4) for k in a)
 
@@ -105,8 +111,7 @@ def test_vitdet_k_equal_n_is_the_dense_model(det: ViTDet, mode: str) -> None:
 def test_vivit_k_equal_n_is_the_dense_model(vivit: ViViT, mode: str) -> None:
     runtime = EventfulViViT(vivit, EventfulConfig(k=N_VIVIT, global_attention=mode))
     clip = _clip()
-    torch.testing.assert_close(runtime.spatial_features(clip), vivit.spatial_features(clip), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(runtime(clip), vivit(clip), rtol=1e-4, atol=1e-5)
+    _vivit_close(runtime, vivit, clip)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -119,8 +124,7 @@ def test_static_video_is_exact_with_few_tokens(det: ViTDet, vivit: ViViT, mode: 
         _close(result.features, det(x))
     clip = _clip(static=True)
     vivit_runtime = EventfulViViT(vivit, EventfulConfig(k=3, global_attention=mode))
-    torch.testing.assert_close(vivit_runtime.spatial_features(clip), vivit.spatial_features(clip), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(vivit_runtime(clip), vivit(clip), rtol=1e-4, atol=1e-5)
+    _vivit_close(vivit_runtime, vivit, clip)
 
 
 @pytest.mark.parametrize("mode", MODES)
