@@ -1,0 +1,156 @@
+"""Does the benchmark's small ViViT (``motions_base``) learn the generated motions? A learning curve plus the
+diagnostics behind the README's "Not measured yet: rgtp bench action" paragraph.
+
+The clips are generated once and held in memory (normalised and resized), so a step costs only the model. Training
+is plain AdamW with linear warmup, cosine decay and gradient clipping at 1, which is the recipe of ``rgtp train`` less
+its data loader. The script reports:
+
+* at initialisation, the singular values of the class-token features of the validation clips, relative to the
+  largest. Few large values mean the model barely tells the clips apart;
+* every ``--every`` steps, the mean training loss, validation top-1, the spread of the temporal class token across
+  clips and the spread of the spatial class tokens over the steps of a clip (relative to their spread across clips).
+
+``--classes 0 1`` keeps move_right and move_left only. ``--train-clips 64 --memorise`` validates on the training
+clips, as a memorisation check. The JSON (default ``benchmarks/results/action_learnability.json``) holds the curve,
+the settings and the environment.
+
+Usage: ``PYTHONPATH=src python benchmarks/action_learnability.py [--steps 2000] [--lr 1e-3] [--batch 16]
+[--classes ...] [--train-clips 3000] [--threads 2] [--out FILE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from _timing import environment
+from rgtp.data.motions import MOTION_CLASSES, MotionDataset
+from rgtp.data.views import normalize_resize
+from rgtp.models.vivit import ViViT
+from rgtp.presets import get_preset
+
+
+def load_clips(split: str, count: int, classes: list[int], crop: int) -> tuple[Tensor, Tensor]:
+    """The first ``count`` clips of ``split`` whose label is in ``classes``: (N, 3, T, crop, crop) normalised, (N,)."""
+    data = MotionDataset(split=split, num_clips=count * len(MOTION_CLASSES) // len(classes))
+    chosen = [c for c in data.clips if c.label in classes][:count]
+    video = np.stack([data.load(c) for c in chosen])  # (N, T, H, W, 3) uint8
+    x = normalize_resize(torch.from_numpy(video).permute(0, 4, 1, 2, 3), crop)  # (N, 3, T, crop, crop)
+    return x, torch.tensor([c.label for c in chosen])
+
+
+@torch.no_grad()
+def diagnose(model: ViViT, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Top-1, the temporal class token's spread across clips, and the spatial class tokens' spread over steps
+    relative to their spread across clips."""
+    model.eval()
+    spatial = torch.cat([model.spatial_features(x[i : i + 50]) for i in range(0, len(x), 50)])  # (N, steps, C)
+    temporal = model.temporal(spatial)  # (N, C)
+    logits = model.classify(spatial)
+    model.train()
+    across = spatial.std(dim=0).mean().item()
+    return {
+        "top1": (logits.argmax(-1) == y).float().mean().item() * 100,
+        "temporal_spread": temporal.std(dim=0).mean().item(),
+        "step_over_clip_spread": spatial.std(dim=1).mean().item() / max(across, 1e-12),
+    }
+
+
+@torch.no_grad()
+def feature_rank(model: ViViT, x: Tensor) -> list[float]:
+    """Singular values of the centred temporal class-token features, relative to the largest (first 8)."""
+    model.eval()
+    f = torch.cat([model.temporal(model.spatial_features(x[i : i + 50])) for i in range(0, len(x), 50)])  # (N, C)
+    s = torch.linalg.svdvals(f - f.mean(dim=0))
+    model.train()
+    return [round(v, 4) for v in (s / s[0])[:8].tolist()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--classes", type=int, nargs="+", default=list(range(len(MOTION_CLASSES))))
+    ap.add_argument("--train-clips", type=int, default=3000)
+    ap.add_argument("--val-clips", type=int, default=200)
+    ap.add_argument("--memorise", action="store_true", help="validate on the training clips")
+    ap.add_argument("--every", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/action_learnability.json"))
+    args = ap.parse_args()
+    if any(not 0 <= c < len(MOTION_CLASSES) for c in args.classes):
+        ap.error(f"--classes must be in [0, {len(MOTION_CLASSES)})")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    cfg = get_preset("motions_base").model
+    model = ViViT(cfg)
+    t0 = time.perf_counter()
+    x_train, y_train = load_clips("train", args.train_clips, args.classes, cfg.img_size)
+    if args.memorise:
+        x_val, y_val = x_train, y_train
+    else:
+        x_val, y_val = load_clips("val", args.val_clips, args.classes, cfg.img_size)
+    print(
+        f"{len(y_train)} train / {len(y_val)} val clips of classes {args.classes}, "
+        f"generated in {time.perf_counter() - t0:.0f} s"
+    )
+    rank = feature_rank(model, x_val)
+    print(f"at init: class-token singular values / largest: {rank}")
+
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    rng = np.random.default_rng(args.seed)
+    curve: list[dict[str, Any]] = []
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    print("| step | train loss | val top-1 | temporal spread | step/clip spread | s |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for step in range(1, args.steps + 1):
+        scale = min(1.0, step / args.warmup) * 0.5 * (1 + math.cos(math.pi * (step - 1) / args.steps))
+        for group in opt.param_groups:
+            group["lr"] = args.lr * scale
+        idx = torch.from_numpy(rng.integers(0, len(y_train), args.batch))
+        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % args.every == 0 or step == args.steps:
+            row = {"step": step, "train_loss": float(np.mean(losses[-args.every :])), **diagnose(model, x_val, y_val)}
+            row["seconds"] = time.perf_counter() - t0
+            curve.append(row)
+            print(
+                f"| {step} | {row['train_loss']:.3f} | {row['top1']:.1f} | {row['temporal_spread']:.4f} | "
+                f"{row['step_over_clip_spread']:.4f} | {row['seconds']:.0f} |",
+                flush=True,
+            )
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    result = {
+        "settings": settings,
+        "chance": 100 / len(args.classes),
+        "init_singular_values": rank,
+        "curve": curve,
+        "environment": environment(),
+    }
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
