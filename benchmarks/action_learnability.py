@@ -2,8 +2,8 @@
 diagnostics behind the README's "Not measured yet: rgtp bench action" paragraph.
 
 The clips are generated once and held in memory (normalised and resized), so a step costs only the model. Training
-is plain AdamW with linear warmup, cosine decay and gradient clipping at 1, which is the recipe of ``rgtp train`` less
-its data loader. The script reports:
+is AdamW with the learning-rate schedule of ``rgtp train`` (:func:`rgtp.training.loop.lr_schedule`: linear warmup,
+then cosine decay), plus gradient clipping at 1, which ``rgtp train`` does not do. The script reports:
 
 * at initialisation, the singular values of the class-token features of the validation clips, relative to the
   largest. Few large values mean the model barely tells the clips apart;
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from rgtp.data.motions import MOTION_CLASSES, MotionDataset
 from rgtp.data.views import normalize_resize
 from rgtp.models.vivit import Encoder, ViViT
 from rgtp.presets import get_preset
+from rgtp.training.loop import lr_schedule
 
 
 def load_clips(split: str, count: int, classes: list[int], crop: int) -> tuple[Tensor, Tensor]:
@@ -51,30 +51,23 @@ def load_clips(split: str, count: int, classes: list[int], crop: int) -> tuple[T
 
 
 @torch.no_grad()
-def diagnose(model: ViViT, x: Tensor, y: Tensor) -> dict[str, float]:
-    """Top-1, the temporal class token's spread across clips, and the spatial class tokens' spread over steps
-    relative to their spread across clips."""
+def diagnose(model: ViViT, x: Tensor, y: Tensor) -> dict[str, Any]:
+    """Top-1, the temporal class token's spread across clips, the spatial class tokens' spread over steps relative
+    to their spread across clips, and the singular values of the centred temporal class tokens relative to the
+    largest (first 8)."""
     model.eval()
     spatial = torch.cat([model.spatial_features(x[i : i + 50]) for i in range(0, len(x), 50)])  # (N, steps, C)
     temporal = model.temporal(spatial)  # (N, C)
     logits = model.classify(spatial)
     model.train()
     across = spatial.std(dim=0).mean().item()
+    singular = torch.linalg.svdvals(temporal - temporal.mean(dim=0))
     return {
         "top1": (logits.argmax(-1) == y).float().mean().item() * 100,
         "temporal_spread": temporal.std(dim=0).mean().item(),
         "step_over_clip_spread": spatial.std(dim=1).mean().item() / max(across, 1e-12),
+        "singular_values": [round(v, 4) for v in (singular / singular[0])[:8].tolist()],
     }
-
-
-@torch.no_grad()
-def feature_rank(model: ViViT, x: Tensor) -> list[float]:
-    """Singular values of the centred temporal class-token features, relative to the largest (first 8)."""
-    model.eval()
-    f = torch.cat([model.temporal(model.spatial_features(x[i : i + 50])) for i in range(0, len(x), 50)])  # (N, C)
-    s = torch.linalg.svdvals(f - f.mean(dim=0))
-    model.train()
-    return [round(v, 4) for v in (s / s[0])[:8].tolist()]
 
 
 def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -154,7 +147,7 @@ def main() -> None:
         f"{len(y_train)} train / {len(y_val)} val clips of classes {args.classes}, "
         f"generated in {time.perf_counter() - t0:.0f} s"
     )
-    rank = feature_rank(model, x_val)
+    rank = diagnose(model, x_val, y_val)["singular_values"]
     print(f"at init: class-token singular values / largest: {rank}")
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -165,9 +158,8 @@ def main() -> None:
     print("| step | train loss | val top-1 | temporal spread | step/clip spread | s |")
     print("|---:|---:|---:|---:|---:|---:|")
     for step in range(1, args.steps + 1):
-        scale = min(1.0, step / args.warmup) * 0.5 * (1 + math.cos(math.pi * (step - 1) / args.steps))
         for group in opt.param_groups:
-            group["lr"] = args.lr * scale
+            group["lr"] = args.lr * lr_schedule(step - 1, args.steps, args.warmup, cosine=True)
         idx = torch.from_numpy(rng.integers(0, len(y_train), args.batch))
         loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
         opt.zero_grad()
