@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rgtp.data.action import ActionClip, ActionDataError
-from rgtp.data.motions import MOTION_CLASSES, MotionDataset, _min_gap, _tracks, motion_clip
+from rgtp.data.motions import _TAG, MOTION_CLASSES, MotionDataset, _min_gap, _tracks, motion_clip
 from rgtp.data.registry import ACTION_DATASETS, build_action_dataset, dataset_for_preset
 from rgtp.data.shapes import MIN_VISIBLE_PIXELS, SHAPES_CLASSES, _render_split, make_shapes_split
 from rgtp.presets import get_preset
@@ -132,6 +132,9 @@ def test_motion_dataset() -> None:
         "num_frames": 16,
         "size": 96,
         "seed": 0,
+        "distractor": True,
+        "background": "textured",
+        "classes": None,
     }
     video = ds.load(ds[0])
     assert video.shape == (16, 96, 96, 3) and video.dtype == np.uint8
@@ -144,6 +147,43 @@ def test_motion_dataset() -> None:
         ds.load(ActionClip("motions_val_99999", 0, ds[0].path))
     with pytest.raises(ValueError, match="unknown motions split"):
         MotionDataset(split="dev")
+
+
+def test_easy_motions_leave_out_the_distractor_and_the_texture() -> None:
+    full = motion_clip(4, 5)
+    easy = motion_clip(4, 5, distractor=False, background="flat")
+    flat = motion_clip(4, 5, background="flat")
+    assert easy.shape == full.shape and not np.array_equal(easy, full)
+    # flat: every frame's most common colour is the same one, darker than the textured background
+    counted = (np.unique(f.reshape(-1, 3), axis=0, return_counts=True) for f in easy)  # per frame
+    mode = [tuple(colours[np.argmax(counts)]) for colours, counts in counted]
+    assert len(set(mode)) == 1 and np.mean(mode[0]) < full.mean()
+    # the same paths: where the easy clip differs from its flat background is where the actor is in the full clip
+    actor = np.any(easy != np.array(mode[0], dtype=np.uint8), axis=-1)  # (T, H, W)
+    both = np.any(flat != np.array(mode[0], dtype=np.uint8), axis=-1)  # actor and distractor
+    assert actor.any() and np.all(both[actor]) and both.sum() > actor.sum()
+    with pytest.raises(ValueError, match="unknown motions background"):
+        motion_clip(0, 0, background="plain")
+
+
+def test_motion_dataset_options() -> None:
+    full = MotionDataset(split="val")
+    pair = MotionDataset(split="val", num_clips=30, classes=["move_left", "move_right"], distractor=False)
+    assert len(pair) == 30 and np.bincount([c.label for c in pair]).tolist() == [15, 15]
+    assert pair.classes == list(MOTION_CLASSES) and pair.describe()["classes"] == [0, 1]
+    by_id = {c.id: c for c in full}
+    for clip in pair:  # the full set's clips, under the same ids and labels, in stream order
+        assert by_id[clip.id].label == clip.label
+    assert [c.id for c in pair] == sorted(c.id for c in pair)
+    clip = pair[0]
+    seed = [_TAG, 0, 2, 1, int(clip.id[-5:])]  # the stream of clip i of val (split id 2)
+    np.testing.assert_array_equal(pair.load(clip), motion_clip(clip.label, seed, distractor=False))
+    with pytest.raises(ValueError, match="subset"):
+        MotionDataset(split="val", classes=["jump"])
+    with pytest.raises(ValueError, match="subset"):
+        MotionDataset(split="val", classes=[])
+    with pytest.raises(ValueError, match="unknown motions background"):
+        MotionDataset(split="val", background="plain")
 
 
 def _sample_tracks(label: int, n: int) -> list:
