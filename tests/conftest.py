@@ -20,13 +20,27 @@ from rgtp.models.vivit import ViViT
 
 # A small detection head for 80x80 inputs (strides 2..32).
 TINY_HEAD = DetectorConfig(
-    num_classes=3, anchor_sizes=(8, 16, 24, 40, 64), pre_nms_topk=60, post_nms_topk=20, box_convs=2,
-    box_conv_dim=8, box_fc_dim=16,
+    num_classes=3,
+    anchor_sizes=(8, 16, 24, 40, 64),
+    pre_nms_topk=60,
+    post_nms_topk=20,
+    box_convs=2,
+    box_conv_dim=8,
+    box_fc_dim=16,
 )
 # 10x10 tokens, windows of 4 (padded to 12x12), global blocks 1 and 3, relative tables stored for 8x8 (resized).
 TINY_VITDET = ViTDetConfig(
-    img_size=80, patch_size=8, embed_dim=32, depth=4, num_heads=2, window_size=4, global_blocks=(1, 3),
-    pos_embed_grid=6, rel_pos_grid=8, pyramid_dim=16, head=TINY_HEAD,
+    img_size=80,
+    patch_size=8,
+    embed_dim=32,
+    depth=4,
+    num_heads=2,
+    window_size=4,
+    global_blocks=(1, 3),
+    pos_embed_grid=6,
+    rel_pos_grid=8,
+    pyramid_dim=16,
+    head=TINY_HEAD,
 )
 # 4x4 tokens per step, 4 steps.
 TINY_VIVIT = ViViTConfig(
@@ -56,8 +70,14 @@ def tiny_vivit() -> ViViT:
     return randomize_(ViViT(TINY_VIVIT))  # type: ignore[return-value]
 
 
-def vitdet_rgtp(keep_ratio: float = 0.3, reset_every: int | None = 4, pool: int = 2, form: str = "forward",
-                fill: str = "none", reset_mode: str = "full") -> RGTPConfig:
+def vitdet_rgtp(
+    keep_ratio: float = 0.3,
+    reset_every: int | None = 4,
+    pool: int = 2,
+    form: str = "forward",
+    fill: str = "none",
+    reset_mode: str = "full",
+) -> RGTPConfig:
     return RGTPConfig(
         selection=SelectionConfig(keep_ratio=keep_ratio),
         schedule=ScheduleConfig(reset_every=reset_every, reset_mode=reset_mode),  # type: ignore[arg-type]
@@ -66,8 +86,14 @@ def vitdet_rgtp(keep_ratio: float = 0.3, reset_every: int | None = 4, pool: int 
     )
 
 
-def vivit_rgtp(keep_ratio: float = 0.5, bg_ratio: float = 0.25, fg_ratio: float = 1.0, reset_every: int | None = 2,
-               form: str = "forward", pattern: str = "1in2") -> RGTPConfig:
+def vivit_rgtp(
+    keep_ratio: float = 0.5,
+    bg_ratio: float = 0.25,
+    fg_ratio: float = 1.0,
+    reset_every: int | None = 2,
+    form: str = "forward",
+    pattern: str = "1in2",
+) -> RGTPConfig:
     return RGTPConfig(
         selection=SelectionConfig(keep_ratio=keep_ratio, fg_ratio=fg_ratio, bg_ratio=bg_ratio),
         schedule=ScheduleConfig(reset_every=reset_every, reset_mode="grid", grid_pattern=pattern),  # type: ignore[arg-type]

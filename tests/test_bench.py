@@ -85,8 +85,15 @@ def tiny_presets(monkeypatch: pytest.MonkeyPatch) -> None:
 def _tiny_model(preset: Preset):
     cfg = preset.model
     if preset.family == "vitdet":
-        return dataclasses.replace(cfg, embed_dim=32, depth=4, num_heads=2, global_blocks=(1, 3), pyramid_dim=16,
-                                   head=dataclasses.replace(cfg.head, box_conv_dim=16, box_fc_dim=32))
+        return dataclasses.replace(
+            cfg,
+            embed_dim=32,
+            depth=4,
+            num_heads=2,
+            global_blocks=(1, 3),
+            pyramid_dim=16,
+            head=dataclasses.replace(cfg.head, box_conv_dim=16, box_fc_dim=32),
+        )
     return dataclasses.replace(cfg, embed_dim=32, depth=4, temporal_depth=1, num_heads=2)  # ToMe needs 4 blocks
 
 
@@ -107,8 +114,23 @@ def test_bench_cli_end_to_end(
 ) -> None:
     weights = _save_weights(dense, tmp_path / "w.pt")
     out = tmp_path / "out"
-    args = ["bench", task, "--weights", str(weights), "--out-dir", str(out), "--max-items", items, "--quiet",
-            "--timing", "1", "--timing-rounds", "1", "--methods", methods]
+    args = [
+        "bench",
+        task,
+        "--weights",
+        str(weights),
+        "--out-dir",
+        str(out),
+        "--max-items",
+        items,
+        "--quiet",
+        "--timing",
+        "1",
+        "--timing-rounds",
+        "1",
+        "--methods",
+        methods,
+    ]
     if task == "detection":
         args += ["--max-frames", "3"]
     assert main(args) == 0

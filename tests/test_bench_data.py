@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -184,6 +186,23 @@ def test_motion_dataset_options() -> None:
         MotionDataset(split="val", classes=[])
     with pytest.raises(ValueError, match="unknown motions background"):
         MotionDataset(split="val", background="plain")
+    easy = build_action_dataset("motions-easy", "generated", "val", num_clips=3, cache=True)
+    assert (easy.distractor, easy.background) == (False, "flat") and easy.describe()["name"] == "motions"
+    first = easy.load(easy[0])
+    first[:] = 0  # the caller's copy: the cached clip is untouched
+    np.testing.assert_array_equal(easy.load(easy[0]), motion_clip(easy[0].label, [_TAG, 0, 2, 1, 0], **EASY))
+
+
+EASY = {"distractor": False, "background": "flat"}
+
+
+def test_cli_classes_option(tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> None:
+    from rgtp.cli import main
+
+    args = ["train", "vivit", "--preset", "motions_base", "--dataset", "kinetics400", "--data", str(tmp_path)]
+    assert main([*args, "--classes", "move_left", "--out", str(tmp_path / "r")]) == 2
+    said = caplog.text + capsys.readouterr().err
+    assert "--classes is an option of the generated motions sets, not of kinetics400" in said
 
 
 def _sample_tracks(label: int, n: int) -> list:

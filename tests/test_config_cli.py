@@ -25,12 +25,29 @@ from rgtp.config import (
 from rgtp.presets import PAPER, get_preset, preset_names
 
 EXPECTED = {
-    "vitdet_vid_672_base", "vitdet_vid_672_keep768", "vitdet_vid_672_keep512", "vitdet_vid_672_keep384",
-    "vitdet_vid_672_keep196", "vitdet_vid_672_keep64", "vitdet_vid_1024_base", "vitdet_vid_1024_keep2200",
-    "vitdet_vid_1024_keep1400", "vitdet_vid_1024_keep750", "vitdet_vid_1024_keep400", "vitdet_vid_1024_keep75",
-    "vivit_k400_base", "vivit_k400_keep049", "vivit_k400_keep0215", "vivit_k400_keep0066", "vivit_epic_base",
-    "vivit_epic_fg300_bg025", "vivit_epic_fg180_bg016", "vivit_epic_fg120_bg005", "vivit_epic_fg160s05_bg009",
-    "vivit_epic_fg96s05_bg003", "vivit_epic_fg28s05_bg00",
+    "vitdet_vid_672_base",
+    "vitdet_vid_672_keep768",
+    "vitdet_vid_672_keep512",
+    "vitdet_vid_672_keep384",
+    "vitdet_vid_672_keep196",
+    "vitdet_vid_672_keep64",
+    "vitdet_vid_1024_base",
+    "vitdet_vid_1024_keep2200",
+    "vitdet_vid_1024_keep1400",
+    "vitdet_vid_1024_keep750",
+    "vitdet_vid_1024_keep400",
+    "vitdet_vid_1024_keep75",
+    "vivit_k400_base",
+    "vivit_k400_keep049",
+    "vivit_k400_keep0215",
+    "vivit_k400_keep0066",
+    "vivit_epic_base",
+    "vivit_epic_fg300_bg025",
+    "vivit_epic_fg180_bg016",
+    "vivit_epic_fg120_bg005",
+    "vivit_epic_fg160s05_bg009",
+    "vivit_epic_fg96s05_bg003",
+    "vivit_epic_fg28s05_bg00",
 }
 
 
@@ -136,8 +153,18 @@ def test_cli_run_tiny_preset_writes_results_and_video(family: str, tmp_path: Pat
     else:
         preset = Preset("tiny_vivit", TINY_VIVIT, vivit_rgtp(), views=(1, 2))
     save_config(preset, tmp_path / "tiny.yaml")
-    args = ["run", str(tmp_path / "in.mp4"), "--config", str(tmp_path / "tiny.yaml"),
-            "--jsonl", str(tmp_path / "out.jsonl"), "--out", str(tmp_path / "out.mp4"), "--segment-frames", "6"]
+    args = [
+        "run",
+        str(tmp_path / "in.mp4"),
+        "--config",
+        str(tmp_path / "tiny.yaml"),
+        "--jsonl",
+        str(tmp_path / "out.jsonl"),
+        "--out",
+        str(tmp_path / "out.mp4"),
+        "--segment-frames",
+        "6",
+    ]
     assert main(args) == 0
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     steps = [r for r in records if "kind" in r]
@@ -182,8 +209,18 @@ def test_cli_run_with_weights_draws_labelled_boxes(tmp_path: Path, monkeypatch: 
         return real(frame, boxes, names, *a, **k)
 
     monkeypatch.setattr(viz, "draw_boxes", spy)
-    args = ["run", str(tmp_path / "in.mp4"), "--config", str(tmp_path / "tiny.yaml"), "--weights",
-            str(tmp_path / "w.pth"), "--jsonl", str(tmp_path / "out.jsonl"), "--out", str(tmp_path / "out.mp4")]
+    args = [
+        "run",
+        str(tmp_path / "in.mp4"),
+        "--config",
+        str(tmp_path / "tiny.yaml"),
+        "--weights",
+        str(tmp_path / "w.pth"),
+        "--jsonl",
+        str(tmp_path / "out.jsonl"),
+        "--out",
+        str(tmp_path / "out.mp4"),
+    ]
     assert main(args) == 0
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     dets = records[0]["outputs"]["detections"]

@@ -34,13 +34,20 @@ def detectron2_vitdet_shapes(cfg: ViTDetConfig, head: str = "vid") -> dict[str, 
         b = f"backbone.net.blocks.{i}."
         size = cfg.rel_pos_grid if i in cfg.global_blocks else cfg.window_size
         for name, shape in {
-            "norm1.weight": (d,), "norm1.bias": (d,),
-            "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
-            "attn.proj.weight": (d, d), "attn.proj.bias": (d,),
-            "attn.rel_pos_h": (2 * size - 1, head_dim), "attn.rel_pos_w": (2 * size - 1, head_dim),
-            "norm2.weight": (d,), "norm2.bias": (d,),
-            "mlp.fc1.weight": (hidden, d), "mlp.fc1.bias": (hidden,),
-            "mlp.fc2.weight": (d, hidden), "mlp.fc2.bias": (d,),
+            "norm1.weight": (d,),
+            "norm1.bias": (d,),
+            "attn.qkv.weight": (3 * d, d),
+            "attn.qkv.bias": (3 * d,),
+            "attn.proj.weight": (d, d),
+            "attn.proj.bias": (d,),
+            "attn.rel_pos_h": (2 * size - 1, head_dim),
+            "attn.rel_pos_w": (2 * size - 1, head_dim),
+            "norm2.weight": (d,),
+            "norm2.bias": (d,),
+            "mlp.fc1.weight": (hidden, d),
+            "mlp.fc1.bias": (hidden,),
+            "mlp.fc2.weight": (d, hidden),
+            "mlp.fc2.bias": (d,),
         }.items():
             s[b + name] = shape
 
@@ -49,12 +56,18 @@ def detectron2_vitdet_shapes(cfg: ViTDetConfig, head: str = "vid") -> dict[str, 
         s[f"{prefix}.norm.weight"] = (out,)
         s[f"{prefix}.norm.bias"] = (out,)
 
-    s.update({
-        "backbone.simfp_2.0.weight": (d, d // 2, 2, 2), "backbone.simfp_2.0.bias": (d // 2,),
-        "backbone.simfp_2.1.weight": (d // 2,), "backbone.simfp_2.1.bias": (d // 2,),
-        "backbone.simfp_2.3.weight": (d // 2, d // 4, 2, 2), "backbone.simfp_2.3.bias": (d // 4,),
-        "backbone.simfp_3.0.weight": (d, d // 2, 2, 2), "backbone.simfp_3.0.bias": (d // 2,),
-    })
+    s.update(
+        {
+            "backbone.simfp_2.0.weight": (d, d // 2, 2, 2),
+            "backbone.simfp_2.0.bias": (d // 2,),
+            "backbone.simfp_2.1.weight": (d // 2,),
+            "backbone.simfp_2.1.bias": (d // 2,),
+            "backbone.simfp_2.3.weight": (d // 2, d // 4, 2, 2),
+            "backbone.simfp_2.3.bias": (d // 4,),
+            "backbone.simfp_3.0.weight": (d, d // 2, 2, 2),
+            "backbone.simfp_3.0.bias": (d // 2,),
+        }
+    )
     conv_norm("backbone.simfp_2.4", d // 4, 1)
     conv_norm("backbone.simfp_2.5", out, 3)
     conv_norm("backbone.simfp_3.1", d // 2, 1)
@@ -72,26 +85,30 @@ def detectron2_vitdet_shapes(cfg: ViTDetConfig, head: str = "vid") -> dict[str, 
     for k in range(det.rpn_convs):
         s[f"proposal_generator.rpn_head.conv.conv{k}.weight"] = (out, out, 3, 3)
         s[f"proposal_generator.rpn_head.conv.conv{k}.bias"] = (out,)
-    s.update({
-        "proposal_generator.rpn_head.objectness_logits.weight": (a, out, 1, 1),
-        "proposal_generator.rpn_head.objectness_logits.bias": (a,),
-        "proposal_generator.rpn_head.anchor_deltas.weight": (4 * a, out, 1, 1),
-        "proposal_generator.rpn_head.anchor_deltas.bias": (4 * a,),
-    })
+    s.update(
+        {
+            "proposal_generator.rpn_head.objectness_logits.weight": (a, out, 1, 1),
+            "proposal_generator.rpn_head.objectness_logits.bias": (a,),
+            "proposal_generator.rpn_head.anchor_deltas.weight": (4 * a, out, 1, 1),
+            "proposal_generator.rpn_head.anchor_deltas.bias": (4 * a,),
+        }
+    )
     dim = det.box_conv_dim
     for k in range(det.box_convs):
         s[f"roi_heads.box_head.conv{k + 1}.weight"] = (dim, out if k == 0 else dim, 3, 3)
         s[f"roi_heads.box_head.conv{k + 1}.norm.weight"] = (dim,)
         s[f"roi_heads.box_head.conv{k + 1}.norm.bias"] = (dim,)
     r = det.pooler_resolution
-    s.update({
-        "roi_heads.box_head.fc1.weight": (det.box_fc_dim, dim * r * r),
-        "roi_heads.box_head.fc1.bias": (det.box_fc_dim,),
-        "roi_heads.box_predictor.cls_score.weight": (classes + 1, det.box_fc_dim),
-        "roi_heads.box_predictor.cls_score.bias": (classes + 1,),
-        "roi_heads.box_predictor.bbox_pred.weight": (4 * classes, det.box_fc_dim),
-        "roi_heads.box_predictor.bbox_pred.bias": (4 * classes,),
-    })
+    s.update(
+        {
+            "roi_heads.box_head.fc1.weight": (det.box_fc_dim, dim * r * r),
+            "roi_heads.box_head.fc1.bias": (det.box_fc_dim,),
+            "roi_heads.box_predictor.cls_score.weight": (classes + 1, det.box_fc_dim),
+            "roi_heads.box_predictor.cls_score.bias": (classes + 1,),
+            "roi_heads.box_predictor.bbox_pred.weight": (4 * classes, det.box_fc_dim),
+            "roi_heads.box_predictor.bbox_pred.bias": (4 * classes,),
+        }
+    )
     if head == "coco":  # Mask R-CNN: a mask head with 4 convs, a deconv and a per-class predictor
         for k in range(1, 5):
             s[f"roi_heads.mask_head.mask_fcn{k}.weight"] = (dim, out if k == 1 else dim, 3, 3)
@@ -173,8 +190,9 @@ def test_coco_pickle_gives_backbone_only(tmp_path, caplog) -> None:
     head_before = model.head.state_dict()  # type: ignore[union-attr]
     load_weights(model, dst)
     assert "head keep their initial weights" in caplog.text
-    np.testing.assert_allclose(model.net.blocks[0].attn.qkv.weight.detach().numpy(),
-                               source["backbone.net.blocks.0.attn.qkv.weight"])
+    np.testing.assert_allclose(
+        model.net.blocks[0].attn.qkv.weight.detach().numpy(), source["backbone.net.blocks.0.attn.qkv.weight"]
+    )
     for k, v in model.head.state_dict().items():  # type: ignore[union-attr]
         assert torch.equal(v, head_before[k])
 
@@ -275,14 +293,38 @@ def test_anchor_buffers_and_cls_free_pos_embed(tmp_path) -> None:
 
 def eventful_layout(detectron2: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a detectron2 state dict into the reference code's layout (spec §12.6), written out literally."""
-    block = {"norm1": "input_layer_norm", "attn.qkv": "qkv", "attn.rel_pos_h": "relative_position.y_embedding",
-             "attn.rel_pos_w": "relative_position.x_embedding", "attn.proj": "projection", "norm2": "mlp_layer_norm",
-             "mlp.fc1": "mlp_1", "mlp.fc2": "mlp_2"}
-    pyramid = {"simfp_2.0": "0.0", "simfp_2.1": "0.1", "simfp_2.3": "0.3", "simfp_2.4": "0.4", "simfp_2.4.norm": "0.5",
-               "simfp_2.5": "0.6", "simfp_2.5.norm": "0.7", "simfp_3.0": "1.0", "simfp_3.1": "1.1",
-               "simfp_3.1.norm": "1.2", "simfp_3.2": "1.3", "simfp_3.2.norm": "1.4", "simfp_4.0": "2.0",
-               "simfp_4.0.norm": "2.1", "simfp_4.1": "2.2", "simfp_4.1.norm": "2.3", "simfp_5.1": "3.1",
-               "simfp_5.1.norm": "3.2", "simfp_5.2": "3.3", "simfp_5.2.norm": "3.4"}
+    block = {
+        "norm1": "input_layer_norm",
+        "attn.qkv": "qkv",
+        "attn.rel_pos_h": "relative_position.y_embedding",
+        "attn.rel_pos_w": "relative_position.x_embedding",
+        "attn.proj": "projection",
+        "norm2": "mlp_layer_norm",
+        "mlp.fc1": "mlp_1",
+        "mlp.fc2": "mlp_2",
+    }
+    pyramid = {
+        "simfp_2.0": "0.0",
+        "simfp_2.1": "0.1",
+        "simfp_2.3": "0.3",
+        "simfp_2.4": "0.4",
+        "simfp_2.4.norm": "0.5",
+        "simfp_2.5": "0.6",
+        "simfp_2.5.norm": "0.7",
+        "simfp_3.0": "1.0",
+        "simfp_3.1": "1.1",
+        "simfp_3.1.norm": "1.2",
+        "simfp_3.2": "1.3",
+        "simfp_3.2.norm": "1.4",
+        "simfp_4.0": "2.0",
+        "simfp_4.0.norm": "2.1",
+        "simfp_4.1": "2.2",
+        "simfp_4.1.norm": "2.3",
+        "simfp_5.1": "3.1",
+        "simfp_5.1.norm": "3.2",
+        "simfp_5.2": "3.3",
+        "simfp_5.2.norm": "3.4",
+    }
     out = {}
     for key, value in detectron2.items():
         if key.startswith("backbone.net.patch_embed.proj."):
@@ -294,7 +336,7 @@ def eventful_layout(detectron2: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             module, _, leaf = rest.rpartition(".") if not rest.startswith("attn.rel_pos") else (rest, "", "")
             key = f"backbone.blocks.{i}.{block[module]}" + (f".{leaf}" if leaf else "")
         elif key.startswith("backbone.simfp_"):
-            module, _, leaf = key[len("backbone."):].rpartition(".")
+            module, _, leaf = key[len("backbone.") :].rpartition(".")
             key = f"pyramid.stages.{pyramid[module]}.{leaf}"
         out[key] = value
     return out

@@ -347,3 +347,48 @@ def test_cli_cache_and_train_vivit_through_the_registry(
     run = ["train", "vivit", *common, "--epochs", "1", "--out", str(tmp_path / "r"), "--recipe", "k400", "--quiet"]
     assert main([*run, "--max-steps", "1", "--batch-size", "2"]) == 0
     assert (tmp_path / "r" / "last.pt").is_file()
+
+
+def test_curriculum_chains_stages_through_best_weights(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rgtp.data import registry
+    from rgtp.training.loop import CURRICULA, Stage
+    from rgtp.training.vivit import train_curriculum
+
+    built: list[tuple[str, str, dict]] = []
+
+    def fake(name: str) -> object:
+        def build(root: str, split: str, **options: object) -> FakeClips:
+            built.append((name, split, options))
+            return FakeClips(4, offset=len(split))
+
+        return build
+
+    monkeypatch.setitem(registry.ACTION_DATASETS, "fake-easy", fake("fake-easy"))
+    monkeypatch.setitem(registry.ACTION_DATASETS, "fake", fake("fake"))
+    cfg = config(epochs=1, batch_size=2, max_steps=1)
+    stages = (Stage("pair", "fake-easy", cfg, ("class0", "class1")), Stage("full", "fake", cfg))
+    results = train_curriculum(stages, tmp_path, tmp_path / "run", DENSE, weights, progress=False, cache=True)
+    assert [r.out_dir.name for r in results] == ["1-pair", "2-full"]
+    assert built == [
+        ("fake-easy", "train", {"cache": True, "classes": ["class0", "class1"]}),
+        ("fake-easy", "val", {"cache": True, "classes": ["class0", "class1"]}),
+        ("fake", "train", {"cache": True}),
+        ("fake", "val", {"cache": True}),
+    ]
+    recorded = [json.loads((r.out_dir / "config.json").read_text())["run"]["weights"] for r in results]
+    assert recorded == [str(weights), str(tmp_path / "run" / "1-pair" / "best.pt")]
+    # a finished curriculum is not trained again
+    before = (results[-1].out_dir / "best.pt").stat().st_mtime_ns
+    train_curriculum(stages, tmp_path, tmp_path / "run", DENSE, weights, progress=False, cache=True)
+    assert (results[-1].out_dir / "best.pt").stat().st_mtime_ns == before
+    # the benchmark's curriculum: the easy pair, the easy set, then the full set, all in the motions datasets
+    motions = CURRICULA["motions"]
+    assert [s.dataset for s in motions] == ["motions-easy", "motions-easy", "motions"]
+    assert motions[0].classes == ("move_right", "move_left") and all(s.cfg.clip_grad == 1.0 for s in motions)
+
+
+def test_clip_grad_is_validated() -> None:
+    with pytest.raises(ConfigError, match="clip_grad"):
+        TrainConfig(clip_grad=0.0)

@@ -278,8 +278,13 @@ def _action_dataset(args: argparse.Namespace, preset: Preset, split: str) -> Act
     """The --dataset (default: the preset's) split, with the reader options and --max-items applied."""
     from rgtp.data.registry import build_action_dataset, dataset_for_preset
 
-    options = {k: v for k, v in (("fps", args.fps), ("short_side", args.short_side)) if v is not None}
-    dataset = build_action_dataset(args.dataset or dataset_for_preset(preset.name), args.data, split, **options)
+    options: dict[str, Any] = {k: v for k, v in (("fps", args.fps), ("short_side", args.short_side)) if v is not None}
+    name = args.dataset or dataset_for_preset(preset.name)
+    if getattr(args, "classes", None):
+        if not name.startswith("motions"):
+            raise ConfigError(f"--classes is an option of the generated motions sets, not of {name}")
+        options["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
+    dataset = build_action_dataset(name, args.data, split, **options)
     if args.max_items is not None:
         dataset.clips = dataset.clips[: args.max_items]
     logger.info("%s %s: %d clips", args.data, split, len(dataset))
@@ -328,7 +333,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rgtp.training import default_splits, make_config, recipe_for, train_temporal, train_vivit
 
     preset = _train_preset(args)
-    names = ("lr", "epochs", "batch_size", "weight_decay", "dropout", "seed", "max_steps", "workers")
+    names = ("lr", "epochs", "batch_size", "weight_decay", "dropout", "seed", "max_steps", "workers", "clip_grad")
     overrides = {k: getattr(args, k) for k in names}
     flags = {"double_softmax": args.double_softmax or None, "train_nouns": args.train_nouns or None}
     cfg = make_config(recipe_for(preset, args.recipe), **flags, **overrides)
@@ -432,7 +437,7 @@ def _add_vitdet_training_parser(modes: argparse._SubParsersAction) -> None:  # t
 
 def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     def data_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--dataset", help="kinetics400 or epic-kitchens (default: the preset's)")
+        q.add_argument("--dataset", help="kinetics400, epic-kitchens, motions or motions-easy (default: the preset's)")
         q.add_argument("--data", "--data-path", "--data_path", dest="data", required=True, help="dataset root")
         q.add_argument(
             "--fps", type=float, help="decode at this frame rate (K400 default 25, as the paper; EPIC: native)"
@@ -468,6 +473,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     whole.add_argument("--weights", help="starting weights (rgtp state dict); random if omitted")
     whole.add_argument("--epochs", type=int, help="default: the recipe's (motions: 20)")
     data_args(whole)
+    whole.add_argument("--classes", help="motions sets: only the clips of these classes (comma-separated names)")
     _add_vitdet_training_parser(modes)
     for q in (temporal, whole):
         q.add_argument("--out", required=True, help="run directory (checkpoint.pt, last.pt, best.pt, history.jsonl)")
@@ -480,6 +486,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
         q.add_argument("--batch-size", type=int, help="global batch (split over the torchrun processes)")
         q.add_argument("--weight-decay", type=float)
         q.add_argument("--dropout", type=float, help="before the classifier (default 0.5)")
+        q.add_argument("--clip-grad", type=float, help="max gradient norm (default: the recipe's)")
         q.add_argument("--seed", type=int)
         q.add_argument("--double-softmax", action="store_true", help="the reference's loss: CE of the probabilities")
         q.add_argument(
@@ -641,9 +648,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print(results["table"])
     t = results["targets"]
-    print(f"targets: loss at 60% fewer GMACs {t['loss_at_budget']} (met: {t['target_loss_met']}); "
-          f"RGTP >= baselines at {t['baseline_points_beaten']}/{t['baseline_points_judged']} points "
-          f"(met: {t['target_baselines_met']})")
+    print(
+        f"targets: loss at 60% fewer GMACs {t['loss_at_budget']} (met: {t['target_loss_met']}); "
+        f"RGTP >= baselines at {t['baseline_points_beaten']}/{t['baseline_points_judged']} points "
+        f"(met: {t['target_baselines_met']})"
+    )
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,8 @@ ACTION_DATASETS: dict[str, Callable[..., ActionDataset]] = {
     "epic-kitchens": EpicKitchens,
     "epic": EpicKitchens,  # alias
     "motions": MotionDataset,  # generated; the root is only recorded
+    # the first stage of the motions curriculum: the same clips without the distractor, on a flat background
+    "motions-easy": functools.partial(MotionDataset, distractor=False, background="flat"),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,15 +28,17 @@ from rgtp.training.loop import (
     Failure,
     FitResult,
     Item,
+    Stage,
     TrainConfig,
     TrainJob,
     ViewAveraged,
+    default_splits,
     fit,
     make_config,
     recipe_for,
 )
 
-__all__ = ["ClipSamples", "random_view", "train_vivit", "vivit_job"]
+__all__ = ["ClipSamples", "random_view", "train_curriculum", "train_vivit", "vivit_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,3 +145,33 @@ def train_vivit(
     job = vivit_job(train_data, val_data, preset, weights, cfg, device)
     logger.info("training %s: %d train / %d val clips, %s", preset.name, len(train_data), len(val_data), cfg)
     return fit(job, cfg, out_dir, info, progress)
+
+
+def train_curriculum(
+    stages: tuple[Stage, ...],
+    root: str | Path,
+    out_dir: str | Path,
+    preset: Preset,
+    weights: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    **options: Any,
+) -> list[FitResult]:
+    """Train the whole ViViT through ``stages`` (e.g. :data:`~rgtp.training.loop.CURRICULA` ``["motions"]``), each
+    with :func:`train_vivit` in ``out_dir/<i>-<stage name>`` from the previous stage's ``best.pt`` (the first from
+    ``weights``). ``root`` and ``options`` go to every stage's dataset builder. Resumable: a finished stage is
+    not trained again. The last stage's ``best.pt`` is the result."""
+    from rgtp.data.registry import build_action_dataset
+
+    results: list[FitResult] = []
+    start = None if weights is None else Path(weights)
+    for i, stage in enumerate(stages, 1):
+        kept = {"classes": list(stage.classes)} if stage.classes else {}
+        train_split, val_split = default_splits(stage.cfg, preset)
+        train, val = (build_action_dataset(stage.dataset, root, s, **options, **kept) for s in (train_split, val_split))
+        logger.info("curriculum stage %d/%d (%s): %s", i, len(stages), stage.name, stage.dataset)
+        run = Path(out_dir) / f"{i}-{stage.name}"
+        result = train_vivit(train, val, run, preset, start, stage.cfg, device, progress)
+        results.append(result)
+        start = result.out_dir / "best.pt"
+    return results
