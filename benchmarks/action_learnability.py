@@ -3,7 +3,7 @@ diagnostics behind the README's "Not measured yet: rgtp bench action" paragraph.
 
 The clips are generated once and held in memory (normalised and resized), so a step costs only the model. Training
 is AdamW with the learning-rate schedule of ``rgtp train`` (:func:`rgtp.training.loop.lr_schedule`: linear warmup,
-then cosine decay), plus gradient clipping at 1, which ``rgtp train`` does not do. The script reports:
+then cosine decay) and gradient clipping at 1 (the motions curriculum's ``clip_grad``). The script reports:
 
 * at initialisation, the singular values of the class-token features of the validation clips, relative to the
   largest. Few large values mean the model barely tells the clips apart;
@@ -12,9 +12,10 @@ then cosine decay), plus gradient clipping at 1, which ``rgtp train`` does not d
 
 ``--pos-std S`` re-initialises the spatial and temporal position embeddings at std S (the model's is 0.02).
 ``--toy`` instead trains the spatial encoder alone to regress the centre of one square on a flat background, a
-localisation check. ``--classes 0 1`` keeps move_right and move_left only. ``--train-clips 64 --memorise`` validates
-on the training clips, as a memorisation check. The JSON (default ``benchmarks/results/action_learnability.json``)
-holds the curve, the settings and the environment.
+localisation check. ``--classes 0 1`` keeps move_right and move_left only. ``--easy`` uses the curriculum's easy
+clips (no distractor, flat background) and ``--init`` starts from saved weights, so a curriculum's stages can be
+re-run one by one. ``--train-clips 64 --memorise`` validates on the training clips, as a memorisation check. The
+JSON (default ``benchmarks/results/action_learnability.json``) holds the curve, the settings and the environment.
 
 Usage: ``PYTHONPATH=src python benchmarks/action_learnability.py [--steps 2000] [--lr 1e-3] [--batch 16]
 [--classes ...] [--train-clips 3000] [--threads 2] [--out FILE]``
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from _timing import environment
+from rgtp.build import load_weights
 from rgtp.data.motions import MOTION_CLASSES, MotionDataset
 from rgtp.data.views import normalize_resize
 from rgtp.models.vivit import Encoder, ViViT
@@ -41,13 +43,15 @@ from rgtp.presets import get_preset
 from rgtp.training.loop import lr_schedule
 
 
-def load_clips(split: str, count: int, classes: list[int], crop: int) -> tuple[Tensor, Tensor]:
-    """The first ``count`` clips of ``split`` whose label is in ``classes``: (N, 3, T, crop, crop) normalised, (N,)."""
-    data = MotionDataset(split=split, num_clips=count * len(MOTION_CLASSES) // len(classes))
-    chosen = [c for c in data.clips if c.label in classes][:count]
-    video = np.stack([data.load(c) for c in chosen])  # (N, T, H, W, 3) uint8
+def load_clips(split: str, count: int, classes: list[int], crop: int, easy: bool) -> tuple[Tensor, Tensor]:
+    """The first ``count`` clips of ``split`` whose label is in ``classes`` (``easy``: no distractor, flat
+    background): (N, 3, T, crop, crop) normalised, (N,)."""
+    options = {"distractor": False, "background": "flat"} if easy else {}
+    names = [MOTION_CLASSES[c] for c in classes]
+    data = MotionDataset(split=split, num_clips=count, classes=names, **options)
+    video = np.stack([data.load(c) for c in data.clips])  # (N, T, H, W, 3) uint8
     x = normalize_resize(torch.from_numpy(video).permute(0, 4, 1, 2, 3), crop)  # (N, 3, T, crop, crop)
-    return x, torch.tensor([c.label for c in chosen])
+    return x, torch.tensor([c.label for c in data.clips])
 
 
 @torch.no_grad()
@@ -118,6 +122,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=200)
     ap.add_argument("--pos-std", type=float, default=None, help="re-initialise the position embeddings at this std")
     ap.add_argument("--toy", action="store_true", help="the localisation toy instead of the motions")
+    ap.add_argument("--easy", action="store_true", help="no distractor, flat background (the curriculum's easy clips)")
+    ap.add_argument("--init", type=Path, help="start from these weights (e.g. a curriculum stage's best.pt)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/action_learnability.json"))
@@ -133,16 +139,18 @@ def main() -> None:
         return
     cfg = get_preset("motions_base").model
     model = ViViT(cfg)
+    if args.init is not None:
+        load_weights(model, args.init)
     if args.pos_std is not None:
         with torch.no_grad():
             model.spatial.pos_embed.normal_(0.0, args.pos_std)
             model.temporal.pos_embed.normal_(0.0, args.pos_std)
     t0 = time.perf_counter()
-    x_train, y_train = load_clips("train", args.train_clips, args.classes, cfg.img_size)
+    x_train, y_train = load_clips("train", args.train_clips, args.classes, cfg.img_size, args.easy)
     if args.memorise:
         x_val, y_val = x_train, y_train
     else:
-        x_val, y_val = load_clips("val", args.val_clips, args.classes, cfg.img_size)
+        x_val, y_val = load_clips("val", args.val_clips, args.classes, cfg.img_size, args.easy)
     print(
         f"{len(y_train)} train / {len(y_val)} val clips of classes {args.classes}, "
         f"generated in {time.perf_counter() - t0:.0f} s"

@@ -164,8 +164,8 @@ _MOTIONS_STAGE = TrainConfig(
 CURRICULA: dict[str, tuple[Stage, ...]] = {
     "motions": (
         Stage("pair", "motions-easy", dataclasses.replace(_MOTIONS_STAGE, lr=1e-3), ("move_right", "move_left")),
-        Stage("easy", "motions-easy", _MOTIONS_STAGE),
-        Stage("full", "motions", dataclasses.replace(_MOTIONS_STAGE, epochs=16)),
+        Stage("easy", "motions-easy", dataclasses.replace(_MOTIONS_STAGE, epochs=12)),
+        Stage("full", "motions", dataclasses.replace(_MOTIONS_STAGE, epochs=20)),
     ),
 }
 RECIPE_SPLITS: dict[str, tuple[str, str]] = {
