@@ -383,10 +383,22 @@ def test_curriculum_chains_stages_through_best_weights(
     before = (results[-1].out_dir / "best.pt").stat().st_mtime_ns
     train_curriculum(stages, tmp_path, tmp_path / "run", DENSE, weights, progress=False, cache=True)
     assert (results[-1].out_dir / "best.pt").stat().st_mtime_ns == before
+    # a stage below its min_top1 is trained again from the same start with the next seed
+    retry = (Stage("pair", "fake-easy", cfg, None, 100.0, 2),)
+    (attempt,) = train_curriculum(retry, tmp_path, tmp_path / "retry", DENSE, weights, progress=False)
+    assert attempt.best["top1"] < 100.0 and attempt.out_dir.name == "1-pair-try2"
+    seeds = [
+        json.loads((tmp_path / "retry" / d / "config.json").read_text())["config"]["seed"]
+        for d in ("1-pair", "1-pair-try2")
+    ]
+    assert seeds == [cfg.seed, cfg.seed + 1]
+    with pytest.raises(ConfigError, match="tries"):
+        Stage("x", "fake", cfg, tries=0)
     # the benchmark's curriculum: the easy pair, the easy set, then the full set, all in the motions datasets
     motions = CURRICULA["motions"]
     assert [s.dataset for s in motions] == ["motions-easy", "motions-easy", "motions"]
     assert motions[0].classes == ("move_right", "move_left") and all(s.cfg.clip_grad == 1.0 for s in motions)
+    assert motions[0].min_top1 == 90.0 and motions[0].tries > 1
 
 
 def test_clip_grad_is_validated() -> None:

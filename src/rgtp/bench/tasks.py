@@ -103,9 +103,10 @@ def _train(task: BenchTask, run_dir: Path, video: str | None, boxes: str | None,
         from rgtp.training.loop import CURRICULA
         from rgtp.training.vivit import train_curriculum
 
-        stages = CURRICULA["motions"]
-        train_curriculum(stages, "generated", run_dir, preset, device=device, progress=progress, cache=True)
-        return run_dir / f"{len(stages)}-{stages[-1].name}" / "best.pt"
+        results = train_curriculum(
+            CURRICULA["motions"], "generated", run_dir, preset, device=device, progress=progress, cache=True
+        )
+        return results[-1].out_dir / "best.pt"
     from rgtp.training.detection import DET_RECIPES, train_vitdet
 
     # pedestrians: validation on the last 48 frames before the test part (the test frames stay unseen)

@@ -10,6 +10,7 @@ counted and listed in ``RUN/failed.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -159,8 +160,9 @@ def train_curriculum(
 ) -> list[FitResult]:
     """Train the whole ViViT through ``stages`` (e.g. :data:`~rgtp.training.loop.CURRICULA` ``["motions"]``), each
     with :func:`train_vivit` in ``out_dir/<i>-<stage name>`` from the previous stage's ``best.pt`` (the first from
-    ``weights``). ``root`` and ``options`` go to every stage's dataset builder. Resumable: a finished stage is
-    not trained again. The last stage's ``best.pt`` is the result."""
+    ``weights``; a stage's later tries go to ``...-try<k>``, see :class:`~rgtp.training.loop.Stage`). ``root`` and
+    ``options`` go to every stage's dataset builder. Resumable: a finished stage is not trained again. The last
+    stage's ``best.pt`` is the result."""
     from rgtp.data.registry import build_action_dataset
 
     results: list[FitResult] = []
@@ -170,8 +172,20 @@ def train_curriculum(
         train_split, val_split = default_splits(stage.cfg, preset)
         train, val = (build_action_dataset(stage.dataset, root, s, **options, **kept) for s in (train_split, val_split))
         logger.info("curriculum stage %d/%d (%s): %s", i, len(stages), stage.name, stage.dataset)
-        run = Path(out_dir) / f"{i}-{stage.name}"
-        result = train_vivit(train, val, run, preset, start, stage.cfg, device, progress)
+        for attempt in range(stage.tries):
+            run = Path(out_dir) / (f"{i}-{stage.name}" + (f"-try{attempt + 1}" if attempt else ""))
+            cfg = dataclasses.replace(stage.cfg, seed=stage.cfg.seed + attempt)
+            result = train_vivit(train, val, run, preset, start, cfg, device, progress)
+            if result.best["top1"] >= stage.min_top1:
+                break
+            logger.warning(
+                "stage %s: best val top-1 %.1f < %.1f (try %d of %d)",
+                stage.name,
+                result.best["top1"],
+                stage.min_top1,
+                attempt + 1,
+                stage.tries,
+            )
         results.append(result)
         start = result.out_dir / "best.pt"
     return results
