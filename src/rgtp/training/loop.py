@@ -154,17 +154,8 @@ class Stage:
             raise ConfigError(f"stage {self.name}: tries must be >= 1 and min_top1 in [0, 100]")
 
 
-_MOTIONS_STAGE = TrainConfig(
-    "motions",
-    lr=3e-4,
-    epochs=8,
-    batch_size=16,
-    dropout=0.0,
-    val_batch_size=50,
-    warmup_steps=100,
-    cosine=True,
-    clip_grad=1.0,
-)
+# the curriculum stages: the motions recipe with smaller batches (more steps per CPU minute) and clipping
+_MOTIONS_STAGE = dataclasses.replace(RECIPES["motions"], epochs=8, batch_size=16, clip_grad=1.0)
 #: Curricula by name. From scratch, the small ViViT stays at chance on the motions (the class token averages about a
 #: hundred mostly-background tokens and localising the actor is a long plateau; see benchmarks/README.md). It gets
 #: off the plateau on the easiest pair (left vs right, one object on a flat background), then learns the other
