@@ -282,13 +282,14 @@ def test_cli_trains_on_a_registered_set(
     out = tmp_path / "run"
     args = ["train", "vitdet", "--config", str(config_file), "--data", "tiny", "--out", str(out), "--epochs", "1"]
     extra = ["--batch-size", "2", "--max-steps", "2", "--lr", "1e-3", "--val-frames", "2", "--max-sequences", "1"]
-    assert main([*args, *extra, "--quiet"]) == 0
+    assert main([*args, *extra, "--precision", "bf16", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "best mAP50" in printed and "last.pt" in printed
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert history[0]["steps"] == 2 and history[0]["val"]["frames"] == 2
     run = json.loads((out / "config.json").read_text())
     assert run["config"]["recipe"] == "shapes" and run["run"]["data"]["train"]["frames"] == 3
+    assert run["config"]["precision"] == "bf16"
     load_weights(ViTDet(TINY.model), out / "last.pt")
     assert main(["train", "vitdet", "--config", str(config_file), "--data", "nope", "--out", str(out)]) == 2
     assert "unknown detection set 'nope'" in capsys.readouterr().err

@@ -345,8 +345,10 @@ def test_cli_cache_and_train_vivit_through_the_registry(
     assert main(["cache-spatial", *common, "--split", "val", "--out", str(tmp_path / "c"), "--quiet"]) == 0
     assert json.loads((tmp_path / "c" / "val" / "meta.json").read_text())["written"] == 3
     run = ["train", "vivit", *common, "--epochs", "1", "--out", str(tmp_path / "r"), "--recipe", "k400", "--quiet"]
-    assert main([*run, "--max-steps", "1", "--batch-size", "2"]) == 0
+    assert main([*run, "--max-steps", "1", "--batch-size", "2", "--precision", "bf16", "--stop-top1", "99"]) == 0
     assert (tmp_path / "r" / "last.pt").is_file()
+    recorded = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert recorded["precision"] == "bf16" and recorded["stop_top1"] == 99.0
 
 
 def test_curriculum_chains_stages_through_best_weights(
@@ -399,8 +401,63 @@ def test_curriculum_chains_stages_through_best_weights(
     assert [s.dataset for s in motions] == ["motions-easy", "motions-easy", "motions"]
     assert motions[0].classes == ("move_right", "move_left") and all(s.cfg.clip_grad == 1.0 for s in motions)
     assert motions[0].min_top1 == 90.0 and motions[0].tries > 1
+    assert all(s.cfg.precision == "bf16" for s in motions)
 
 
-def test_clip_grad_is_validated() -> None:
+def test_training_options_are_validated() -> None:
+    from rgtp.training.detection import DetTrainConfig
+
     with pytest.raises(ConfigError, match="clip_grad"):
         TrainConfig(clip_grad=0.0)
+    with pytest.raises(ConfigError, match="stop_top1"):
+        TrainConfig(stop_top1=0.0)
+    for build in (TrainConfig, DetTrainConfig):
+        with pytest.raises(ConfigError, match="unknown training precision 'fp16'; known: fp32, bf16"):
+            build(precision="fp16")
+
+
+def test_bf16_autocast_only_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rgtp.training import common
+
+    for native in (True, False):
+        monkeypatch.setattr(common, "native_bf16", lambda device, native=native: native)
+        with common.training_autocast("bf16", "cpu"):
+            assert torch.is_autocast_enabled("cpu") is native
+        with common.training_autocast("fp32", "cpu"):
+            assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bf16_training_takes_a_nearby_step(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mixed precision changes the step (the forward runs in bfloat16) but not by much; weights stay float32."""
+    from rgtp.training import common
+
+    monkeypatch.setattr(common, "native_bf16", lambda device: True)  # emulated where the CPU lacks it: slow, not wrong
+    train, val = FakeClips(4), FakeClips(2, offset=50)
+    steps = {}
+    for precision in ("fp32", "bf16"):
+        cfg = config(epochs=1, batch_size=4, precision=precision)
+        train_vivit(train, val, tmp_path / precision, DENSE, weights, cfg, progress=False)
+        steps[precision] = state(tmp_path / precision / "last.pt")
+    key = "spatial.blocks.0.attn.qkv.weight"
+    start, a, b = state(weights)[key], steps["fp32"][key], steps["bf16"][key]
+    assert a.dtype == b.dtype == torch.float32 and not torch.equal(a, b)
+    assert 0 < (a - b).norm() < 0.5 * (a - start).norm()
+
+
+def test_stop_top1_ends_training_and_resumes_stopped(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scores = iter([20.0, 50.0, 96.0, 99.0, 99.0, 99.0])  # val top-1 before training, then after each epoch
+
+    def validate(job: object, cfg: object, info: object, progress: bool) -> tuple[dict, dict]:
+        return {"clips": 2, "top1": next(scores), "top5": 100.0, "loss": 1.0}, {}
+
+    monkeypatch.setattr(training_loop, "_validate", validate)
+    cfg = config(epochs=5, batch_size=4, max_steps=1, stop_top1=95.0)
+    result = train_vivit(FakeClips(4), FakeClips(2, offset=50), tmp_path, DENSE, weights, cfg, progress=False)
+    assert [h["epoch"] for h in result.history] == [0, 1, 2] and result.best == {"epoch": 2, "top1": 96.0}
+    again = train_vivit(FakeClips(4), FakeClips(2, offset=50), tmp_path, DENSE, weights, cfg, progress=False)
+    assert [h["epoch"] for h in again.history] == [0, 1, 2]  # resuming a stopped run trains nothing more
+    more = dataclasses.replace(cfg, stop_top1=None)  # but without the stop it goes on (same schedule)
+    resumed = train_vivit(FakeClips(4), FakeClips(2, offset=50), tmp_path, DENSE, weights, more, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3, 4, 5]

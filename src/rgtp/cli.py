@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rgtp.config import ConfigError, Preset, load_config, override, save_config, to_dict
+from rgtp.config import PRECISIONS, ConfigError, Preset, load_config, override, save_config, to_dict
 
 if TYPE_CHECKING:
     from rgtp.data.action import ActionDataset
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 logger = logging.getLogger("rgtp")
+PRECISION_HELP = "fp32, or bf16 mixed precision (about 2x faster on CPUs with bfloat16 instructions; default: fp32)"
 
 
 def _resolve(args: argparse.Namespace) -> Preset:
@@ -334,6 +335,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     preset = _train_preset(args)
     names = ("lr", "epochs", "batch_size", "weight_decay", "dropout", "seed", "max_steps", "workers", "clip_grad")
+    names += ("precision", "stop_top1")
     overrides = {k: getattr(args, k) for k in names}
     flags = {"double_softmax": args.double_softmax or None, "train_nouns": args.train_nouns or None}
     cfg = make_config(recipe_for(preset, args.recipe), **flags, **overrides)
@@ -388,7 +390,7 @@ def cmd_train_vitdet(args: argparse.Namespace) -> int:
         args.preset = f"{args.data}_det_base"
     preset = _resolve(args)
     recipe = args.recipe or (args.data if args.data in DET_RECIPES else "shapes")
-    names = ("lr", "epochs", "batch_size", "weight_decay", "warmup_steps", "seed", "max_steps", "workers")
+    names = ("lr", "epochs", "batch_size", "weight_decay", "warmup_steps", "seed", "max_steps", "workers", "precision")
     overrides = {k: getattr(args, k) for k in names}
     flags = {"val_frames": args.val_frames, "eval_every": args.eval_every, "hflip": False if args.no_hflip else None}
     cfg = det_recipe(recipe, **overrides, **flags)
@@ -430,6 +432,7 @@ def _add_vitdet_training_parser(modes: argparse._SubParsersAction) -> None:  # t
     q.add_argument("--val-frames", type=int, help="validate on the first N frames of the validation split")
     q.add_argument("--eval-every", type=int, help="validate every N epochs (and after the last)")
     q.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+    q.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     q.add_argument("--device", default="cpu", help="cpu or cuda (cuda:<local rank> under torchrun)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(fn=cmd_train_vitdet)
@@ -494,6 +497,8 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
         )
         q.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke tests)")
         q.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+        q.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
+        q.add_argument("--stop-top1", type=float, help="stop after the first epoch whose val top-1 reaches this")
         common_args(q)
         q.set_defaults(fn=cmd_train)
 

@@ -49,7 +49,7 @@ from rgtp.models.frcnn import FRCNNTrainConfig
 from rgtp.models.vitdet import ViTDet, preprocess_frame, resize_shape
 from rgtp.ops import nonempty
 from rgtp.progress import progress_bar
-from rgtp.training.common import weights_name
+from rgtp.training.common import check_precision, training_autocast, weights_name
 from rgtp.training.loop import (
     FitResult,
     all_sum,
@@ -103,8 +103,10 @@ class DetTrainConfig:
     val_batch_size: int = 8
     head: FRCNNTrainConfig = field(default_factory=FRCNNTrainConfig)  # anchor / RoI matching and sampling
     workers: int = 0  # DataLoader worker processes (0: load in the main process)
+    precision: str = "fp32"  # or "bf16": mixed-precision forward passes (rgtp.training.common.PRECISIONS)
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1 or self.workers < 0:
             raise ConfigError("lr must be > 0, epochs >= 1, batch_size >= 1 and workers >= 0")
         if self.weight_decay < 0 or self.warmup_steps < 0 or not 0.0 < self.warmup_factor <= 1.0:
@@ -433,7 +435,8 @@ def _step(
         images, targets, seeds, weight = torch.zeros(1, 3, size, size), [(torch.zeros(0, 4), torch.zeros(0))], [0], 0.0
     else:
         images, targets, seeds, weight = batch.images, batch.targets, batch.seeds, 1.0
-    terms = ddp(images.to(device), targets, seeds)
+    with training_autocast(cfg.precision, device):
+        terms = ddp(images.to(device), targets, seeds)
     local = torch.tensor([terms.counts[k] * weight for k in LOSS_NAMES], dtype=torch.float64)
     counts = all_sum(local, info, device).clamp(min=1.0)  # the normalisers of the global batch
     parts = [terms.sums[k] * (weight * info.world / counts[i].item()) for i, k in enumerate(LOSS_NAMES)]
