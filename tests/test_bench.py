@@ -13,7 +13,7 @@ from rgtp.bench.methods import BASELINES, action_variants, detection_variants, s
 from rgtp.bench.report import check_targets, interpolate, markdown_table, plot
 from rgtp.build import build_model
 from rgtp.cli import main
-from rgtp.config import ConfigError, Preset
+from rgtp.config import ConfigError, Preset, RGTPConfig
 from rgtp.presets import PRESETS, get_preset
 
 
@@ -26,6 +26,20 @@ def test_every_method_has_at_least_five_budgets() -> None:
             assert sum(v.method == method for v in variants) >= 5, method
         assert len({v.name for v in variants}) == len(variants)
     assert "MaskVD boxes" in {v.method for v in detection_variants(get_preset("shapes_det_rgtp").rgtp)}
+
+
+def test_twice_the_resets_halves_the_reset_interval() -> None:
+    """The "RGTP 2x resets" variant is RGTP with half the preset's reset interval and nothing else changed."""
+    for preset, variants in (("shapes_det_rgtp", detection_variants), ("motions_rgtp", action_variants)):
+        base = get_preset(preset).rgtp
+        assert base is not None and base.schedule.reset_every is not None
+        twice = {v.setting: v.config for v in variants(base) if v.method == "RGTP 2x resets"}
+        plain = {v.setting: v.config for v in variants(base) if v.method == "RGTP"}
+        assert len(twice) >= 5
+        for setting, cfg in twice.items():
+            assert isinstance(cfg, RGTPConfig)
+            assert cfg.schedule.reset_every == base.schedule.reset_every // 2
+            assert dataclasses.replace(cfg, schedule=base.schedule) == plain[setting]
 
 
 def test_select_methods() -> None:

@@ -34,7 +34,7 @@ __all__ = [
 
 #: Methods the targets compare RGTP against (the ablations are reported but are not competitors).
 BASELINES = ("Eventful", "ToMe", "random", "uniform", "MaskVD boxes")
-ABLATIONS = ("RGTP no tracking", "RGTP mean fusion", "RGTP no reset")
+ABLATIONS = ("RGTP no tracking", "RGTP mean fusion", "RGTP no reset", "RGTP 2x resets")
 
 RGTP_KEEPS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 SUBSET_KEEPS = (0.15, 0.2, 0.3, 0.4, 0.5)
@@ -76,11 +76,17 @@ def _no_reset(cfg: RGTPConfig) -> RGTPConfig:
     return dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, reset_every=None))
 
 
+def _twice_the_resets(cfg: RGTPConfig) -> RGTPConfig:
+    every = cfg.schedule.reset_every
+    assert every is not None, "the task's RGTP preset has reset steps"
+    return dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, reset_every=max(1, every // 2)))
+
+
 def _common_variants(base: RGTPConfig) -> list[Variant]:
     """Dense, RGTP, its ablations, the naive subsets, Eventful and ToMe (both families)."""
     out = [Variant("dense", "", None)]
     out += [Variant("RGTP", f"keep {r:g}", _keep(base, r)) for r in RGTP_KEEPS]
-    for name, change in zip(ABLATIONS, (_no_tracking, _mean_fusion, _no_reset), strict=True):
+    for name, change in zip(ABLATIONS, (_no_tracking, _mean_fusion, _no_reset, _twice_the_resets), strict=True):
         out += [Variant(name, f"keep {r:g}", change(_keep(base, r))) for r in SUBSET_KEEPS]
     for policy in ("random", "uniform"):
         out += [Variant(policy, f"keep {r:g}", _keep(base, r, policy=policy)) for r in SUBSET_KEEPS]

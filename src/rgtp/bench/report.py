@@ -107,6 +107,7 @@ _STYLE = {
     "RGTP no tracking": ("salmon", "v", 1.0),
     "RGTP mean fusion": ("orange", "<", 1.0),
     "RGTP no reset": ("brown", ">", 1.0),
+    "RGTP 2x resets": ("darkred", "P", 1.0),
 }
 
 
