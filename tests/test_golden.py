@@ -1,0 +1,70 @@
+"""The paper presets and the benchmark's methods compute exactly what they computed when the golden runs were recorded.
+
+Indices, counts, MACs and state bytes must be equal; floating-point outputs equal within a tolerance that only
+absorbs a different CPU's rounding (set ``RGTP_GOLDEN_EXACT=1`` to demand bitwise equality, as on the machine that
+recorded them). See ``tests/golden_cases.py`` for the cases and how to re-record them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import torch
+
+from golden_cases import CASES, GOLDEN
+from rgtp.accounting import count_preset
+from rgtp.presets import get_preset
+
+EXACT = os.environ.get("RGTP_GOLDEN_EXACT") == "1"
+#: Presets whose accounting is compared (the others cost seconds each and are pinned by test_accounting).
+ACCOUNTED = (
+    "vitdet_vid_672_keep512",
+    "vitdet_vid_1024_base",
+    "vitdet_vid_1024_keep750",
+    "vivit_k400_keep049",
+    "vivit_epic_base",
+    "shapes_det_rgtp",
+    "pedestrians_det_rgtp",
+    "motions_base",
+    "motions_rgtp",
+)
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, Any]:
+    return torch.load(GOLDEN, weights_only=False)
+
+
+def assert_same(got: Any, want: Any, where: str) -> None:
+    """Recursive comparison: structure, ints and strings exactly, floats within the rounding tolerance."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), f"{where}: keys {sorted(got)} != {sorted(want)}"
+        for k in want:
+            assert_same(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list | tuple):
+        assert isinstance(got, list | tuple) and len(got) == len(want), f"{where}: length {len(got)} != {len(want)}"
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_same(g, w, f"{where}[{i}]")
+    elif isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and got.shape == want.shape, f"{where}: shape or type differs"
+        if want.is_floating_point() and not EXACT:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{where}: {m}")
+        else:
+            assert got.dtype == want.dtype and torch.equal(got, want), f"{where}: values differ"
+    elif isinstance(want, float) and not EXACT:
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9), f"{where}: {got} != {want}"
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden_run(name: str, golden: dict[str, Any]) -> None:
+    torch.set_num_threads(1)  # as recorded: reductions in the same order
+    assert_same(CASES[name](), golden[name], name)
+
+
+@pytest.mark.parametrize("name", ACCOUNTED)
+def test_golden_accounting(name: str, golden: dict[str, Any]) -> None:
+    assert_same(count_preset(get_preset(name)).to_dict(), golden["accounting"][name], name)
