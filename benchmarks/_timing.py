@@ -1,111 +1,28 @@
-"""Wall-clock timing helpers shared by the benchmark scripts.
+"""Timing and environment helpers shared by the benchmark scripts.
 
-Every sample is taken as ``sync(); t0 = perf_counter(); fn(); sync(); t1 = perf_counter()``: the device is
-synchronised *before* each clock read, so asynchronous (CUDA) work is inside the measured interval.
+The timing itself is the package's (:mod:`rgtp.timing`): every sample is taken as ``sync(); t0 = perf_counter();
+fn(); sync(); t1 = perf_counter()``, the device synchronised *before* each clock read. This module adds what the
+scripts record with their figures: the software, the hardware and the revision they ran.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from rgtp.timing import Case, Stats, device_sync, measure, measure_interleaved, summarize
+
 __all__ = ["Case", "Stats", "cuda_sync", "environment", "measure", "measure_interleaved", "summarize"]
 
 
-@dataclass(frozen=True)
-class Stats:
-    """Summary of timing samples, in milliseconds."""
-
-    mean_ms: float
-    median_ms: float
-    min_ms: float
-    std_ms: float  # sample standard deviation (0 for a single sample)
-    n: int
-
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
-
-
-@dataclass
-class Case:
-    """One timed piece of work for :func:`measure_interleaved`.
-
-    ``setup`` (untimed) runs before every sample and its return value is passed to ``fn``; ``fn`` runs ``repeat``
-    times between the two clock reads and the sample is the elapsed time divided by ``repeat``.
-    """
-
-    name: str
-    fn: Callable[[Any], Any]
-    setup: Callable[[], Any] | None = None
-    repeat: int = 1
-
-
-def cuda_sync() -> Callable[[], None] | None:
+def cuda_sync() -> Any:
     """``torch.cuda.synchronize`` when CUDA is available, else None."""
-    return torch.cuda.synchronize if torch.cuda.is_available() else None
-
-
-def summarize(samples_ms: Sequence[float]) -> Stats:
-    """Stats of a non-empty list of samples in milliseconds."""
-    if not samples_ms:
-        raise ValueError("no samples")
-    std = statistics.stdev(samples_ms) if len(samples_ms) > 1 else 0.0
-    return Stats(
-        mean_ms=statistics.fmean(samples_ms),
-        median_ms=statistics.median(samples_ms),
-        min_ms=min(samples_ms),
-        std_ms=std,
-        n=len(samples_ms),
-    )
-
-
-def _sample(case: Case, sync: Callable[[], None] | None) -> float:
-    arg = case.setup() if case.setup is not None else None
-    if sync is not None:
-        sync()  # pending work of the setup must not land in the timed interval
-    t0 = time.perf_counter()
-    for _ in range(case.repeat):
-        case.fn(arg)
-    if sync is not None:
-        sync()  # before reading the clock
-    return (time.perf_counter() - t0) * 1e3 / case.repeat
-
-
-def measure_interleaved(
-    cases: Sequence[Case], warmup: int, iters: int, sync: Callable[[], None] | None = None
-) -> dict[str, list[float]]:
-    """Time several cases round-robin: each of ``warmup + iters`` rounds times every case once, in order.
-
-    Interleaving spreads slow drifts (thermal state, background load) evenly over the cases. The warm-up rounds are
-    discarded. Returns the samples in milliseconds per case name.
-    """
-    names = [c.name for c in cases]
-    if len(set(names)) != len(names):
-        raise ValueError(f"case names must be unique: {names}")
-    samples: dict[str, list[float]] = {c.name: [] for c in cases}
-    for rnd in range(warmup + iters):
-        for case in cases:
-            ms = _sample(case, sync)
-            if rnd >= warmup:
-                samples[case.name].append(ms)
-    return samples
-
-
-def measure(fn: Callable[[], Any], warmup: int, iters: int, sync: Callable[[], None] | None = None) -> Stats:
-    """Run ``fn`` ``warmup`` times untimed, then time ``iters`` calls with :func:`time.perf_counter`."""
-    if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
-    samples = measure_interleaved([Case("fn", lambda _: fn())], warmup, iters, sync)
-    return summarize(samples["fn"])
+    return device_sync("cuda") if torch.cuda.is_available() else None
 
 
 def _cpu_model() -> str:

@@ -3,7 +3,7 @@
 Times, in one run and round-robin (every round times every case once):
 
 * the dense backbone ``model.net(images)``;
-* ``RGTPViTDet.step`` on a FULL frame (t=0, fresh state) and on a PRUNED frame (t=1: a deep copy of the state saved
+* ``RGTPGrid.step`` on a FULL frame (t=0, fresh state) and on a PRUNED frame (t=1: a deep copy of the state saved
   after frame 0, made outside the timed interval), for each preset;
 * the simple feature pyramid ``model.features(tokens)`` alone, subtracted from each ``step`` sample of the same round
   to give backbone + RGTP time;
@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from _timing import Case, environment, measure_interleaved, summarize
+from rgtp.adapters.native import ViTDetAdapter
 from rgtp.flops import PAPER_SCOPES, MacCounter
 from rgtp.models.vitdet import ViTDet
 from rgtp.presets import PAPER, get_preset
@@ -40,7 +41,7 @@ from rgtp.pruning.schedule import FrameKind
 from rgtp.pruning.selection import gilbert_rank, keep_count, select_fg_bg, stride_of
 from rgtp.pruning.tracking import warp_importance
 from rgtp.runtime.common import kept_count
-from rgtp.runtime.vitdet import RGTPViTDet
+from rgtp.runtime.grid_loop import RGTPGrid
 
 BASE = {672: "vitdet_vid_672_base", 1024: "vitdet_vid_1024_base"}
 VARIANTS = {
@@ -52,7 +53,7 @@ SPEEDUP_TARGET = 0.85  # PRUNED-frame speedup >= 85% of the GMAC ratio (first va
 OVERHEAD_TARGET_PCT = 5.0  # warp + selection + rollout < 5% of a PRUNED frame
 OVERHEAD_PIECES = ("warp", "select", "rows", "rollout")
 METHOD = (
-    "backbone+rgtp = RGTPViTDet.step(images, state) - model.features(tokens), per round (both timed in the same "
+    "backbone+rgtp = RGTPGrid.step(images, state) - model.features(tokens), per round (both timed in the same "
     "round; the pyramid on a dense (1, N, 768) output), then summarised. step includes the patch embedding and "
     "position encoding (as does the dense model.net), all blocks, warp + selection, buffer updates and the rollout "
     "for the next frame; no detection head is attached, so all tokens are rollout anchors. FULL samples step a "
@@ -106,7 +107,7 @@ def count_gmacs(size: int, presets: list[str]) -> dict[str, Any]:
         model.net(x)
     out["dense"] = {"FULL": c.gmacs(), "scopes": c.by_scope()}
     for name in presets:
-        rgtp = RGTPViTDet(model, get_preset(name).rgtp)
+        rgtp = RGTPGrid(ViTDetAdapter(model), get_preset(name).rgtp)
         state = rgtp.new_state()
         entry: dict[str, Any] = {"scopes": {}}
         for kind in ("FULL", "PRUNED"):
@@ -132,9 +133,10 @@ def frames(size: int, device: torch.device, seed: int) -> tuple[Tensor, Tensor]:
     return f0.to(device), f1.to(device)
 
 
-def overhead_cases(rgtp: RGTPViTDet, tag: str, s0: Any, f1: Tensor, pruned_state: Any, keep: Tensor) -> list[Case]:
+def overhead_cases(rgtp: RGTPGrid, tag: str, s0: Any, f1: Tensor, pruned_state: Any, keep: Tensor) -> list[Case]:
     """Cases for the RGTP work of one PRUNED frame, on the tensors of a real frame-0 -> frame-1 step."""
-    net, cfg, grid = rgtp.model.net, rgtp.cfg, rgtp.model.cfg.grid
+    net, cfg = rgtp.model.model.net, rgtp.cfg
+    grid = net.grid
     embeds = net.embed(f1)  # (1, N, C) features of this frame
     sel = cfg.selection
     num_fg = keep_count(embeds.shape[1], sel.keep_ratio)
@@ -154,10 +156,10 @@ def overhead_cases(rgtp: RGTPViTDet, tag: str, s0: Any, f1: Tensor, pruned_state
 
     def rows(_: Any) -> None:
         for i in globals_:
-            rgtp._record_rows(rows_state, i, probs[i], keep)
+            rgtp._record_rows(rows_state, i, probs[i], keep, grid)
 
     def rollout(_: Any) -> Tensor:
-        return rgtp._importance(rows_state, None, keep, None)
+        return rgtp._importance(rows_state, None, keep, None, grid)
 
     return [
         Case(f"{tag}/warp", warp, repeat=5),
@@ -171,7 +173,7 @@ def overhead_cases(rgtp: RGTPViTDet, tag: str, s0: Any, f1: Tensor, pruned_state
 def variant_cases(model: ViTDet, name: str, f0: Tensor, f1: Tensor) -> tuple[list[Case], list[Case], dict[str, Any]]:
     """FULL and PRUNED ``step`` cases of one preset, its overhead cases, and what its PRUNED step keeps."""
     cfg = get_preset(name).rgtp
-    rgtp = RGTPViTDet(model, cfg)
+    rgtp = RGTPGrid(ViTDetAdapter(model), cfg)
     s0 = rgtp.new_state()
     first = rgtp.step(f0, s0)  # t=0: FULL; s0.t is now 1
     check = copy.deepcopy(s0)

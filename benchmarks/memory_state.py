@@ -1,6 +1,6 @@
 """Per-stream RGTP state memory of ViTDet-B, compared with the dense backbone's activation memory.
 
-1. State: one FULL and one PRUNED ``RGTPViTDet.step`` on meta tensors (shapes only, no compute), then
+1. State: one FULL and one PRUNED ``RGTPGrid.step`` on meta tensors (shapes only, no compute), then
    ``StreamState.tensors()`` summed by component and compared with the table of spec §8.
 2. Dense activations: a fresh subprocess builds the model with random fp32 weights, then runs one ``model.net``
    forward under ``no_grad``; the growth of ``ru_maxrss`` over the forward is the measured peak activation memory.
@@ -25,24 +25,25 @@ from typing import Any
 import torch
 
 from _timing import environment
+from rgtp.adapters.native import ViTDetAdapter
 from rgtp.models.vitdet import ViTDet
 from rgtp.presets import get_preset
-from rgtp.runtime.vitdet import RGTPViTDet
+from rgtp.runtime.grid_loop import RGTPGrid
 
 MB = 1e6  # decimal megabytes, as in spec §8
 VARIANTS = {672: "vitdet_vid_672_keep512", 1024: "vitdet_vid_1024_keep750"}
-COMPONENTS = ("qkv", "output", "attn_rows", "importance", "features")
+COMPONENTS = ("qkv", "outputs", "attn_rows", "importance", "features")
 LABELS = {
     "qkv": "qkv buffers (blocks 1..11, N x 2304)",
-    "output": "block-11 output buffer (N x 768)",
+    "outputs": "block-11 output buffer (N x 768)",
     "attn_rows": "attention-row buffers (4 global blocks)",
     "importance": "previous heatmap (N)",
     "features": "previous patch embeddings (N x 768)",
 }
 # Spec §8 table, MB; the spec gives heatmap + patch embeddings as one line.
 SPEC_MB = {
-    672: {"qkv": 178.8, "output": 5.4, "attn_rows": 3.1, "importance+features": 5.4, "total": 190.0},
-    1024: {"qkv": 415.2, "output": 12.6, "attn_rows": 268.0, "importance+features": 12.6, "total": 710.0},
+    672: {"qkv": 178.8, "outputs": 5.4, "attn_rows": 3.1, "importance+features": 5.4, "total": 190.0},
+    1024: {"qkv": 415.2, "outputs": 12.6, "attn_rows": 268.0, "importance+features": 12.6, "total": 710.0},
 }
 
 
@@ -69,7 +70,7 @@ def state_breakdown(size: int) -> dict[str, Any]:
     preset = get_preset(VARIANTS[size])
     with torch.device("meta"):
         model = ViTDet(preset.model).eval()
-    rgtp = RGTPViTDet(model, preset.rgtp)
+    rgtp = RGTPGrid(ViTDetAdapter(model), preset.rgtp)
     state = rgtp.new_state()
     x = torch.empty(1, 3, size, size, device="meta")
     out: dict[str, Any] = {"preset": preset.name, "num_tokens": model.cfg.num_tokens}

@@ -28,16 +28,7 @@ from rgtp.flops import MacCounter
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.presets import get_preset, preset_names
-from rgtp.pruning.state import StreamState
-from rgtp.runtime import (
-    DenseViTDet,
-    EventfulViTDet,
-    EventfulViViT,
-    RGTPViTDet,
-    RGTPViViT,
-    ToMeViTDet,
-    ToMeViViT,
-)
+from rgtp.runtime import build_runner, run_clip
 
 GOLDEN = Path(__file__).parent / "golden" / "runs.pt"
 SAMPLES = 256  # values kept of a large output tensor, evenly spaced over its elements
@@ -119,15 +110,7 @@ def _opt(x: Tensor | None) -> Any:
 
 
 def run_detection(model: ViTDet, method: RGTPConfig | EventfulConfig | ToMeConfig | None, frames: list[Tensor]) -> dict:
-    head = model.detect
-    if method is None:
-        runner = DenseViTDet(model, head)
-    elif isinstance(method, RGTPConfig):
-        runner = RGTPViTDet(model, method, head)
-    elif isinstance(method, EventfulConfig):
-        runner = EventfulViTDet(model, method, head)
-    else:
-        runner = ToMeViTDet(model, method, head)
+    runner = build_runner(model, method, head=model.detect)
     state = runner.new_state()
     steps = []
     for x in frames:
@@ -153,59 +136,21 @@ def run_detection(model: ViTDet, method: RGTPConfig | EventfulConfig | ToMeConfi
 
 
 def run_action(model: ViViT, method: RGTPConfig | EventfulConfig | ToMeConfig | None, clip: Tensor) -> dict:
+    runner = build_runner(model, method)
     with MacCounter() as counter:
-        tokens = model.embed(clip) if isinstance(method, RGTPConfig | EventfulConfig) else None  # (B, steps, N, C)
-        steps = []
-        if method is None or isinstance(method, ToMeConfig):
-            cls = model.spatial_features(clip) if method is None else ToMeViViT(model, method).spatial_features(clip)
-            n = model.cfg.num_tokens if method is None else ToMeViViT(model, method).num_kept
-            kind = "full"
-            steps = [
-                {
-                    "kind": kind,
-                    "num_kept": n,
-                    "keep_idx": None,
-                    "scores": None,
-                    "importance": None,
-                    "cls": fingerprint(cls[:, t]),
-                }
-                for t in range(cls.shape[1])
-            ]
-        elif isinstance(method, RGTPConfig):
-            assert tokens is not None
-            runner, state = RGTPViViT(model, method), StreamState()
-            outs = [runner.step(tokens[:, t], state) for t in range(tokens.shape[1])]
-            cls = torch.stack([o.cls for o in outs], dim=1)
-            steps = [
-                {
-                    "kind": o.kind.value,
-                    "num_kept": o.num_kept,
-                    "keep_idx": None if o.keep_idx is None else o.keep_idx.clone(),
-                    "scores": _opt(o.scores),
-                    "importance": _opt(o.importance),
-                    "cls": fingerprint(o.cls),
-                }
-                for o in outs
-            ]
-        else:
-            assert tokens is not None
-            ev = EventfulViViT(model, method)
-            state = ev.new_state()
-            outs = [ev.step(tokens[:, t], state) for t in range(tokens.shape[1])]
-            cls = torch.stack(outs, dim=1)
-            steps = [
-                {
-                    "kind": "full" if t == 0 else "rollout",
-                    "num_kept": model.cfg.num_tokens if t == 0 else ev.k,
-                    "keep_idx": None,
-                    "scores": None,
-                    "importance": None,
-                    "cls": fingerprint(o),
-                }
-                for t, o in enumerate(outs)
-            ]
-        logits = model.classify(cls)
-    return {"steps": steps, "logits": fingerprint(logits), "macs": _macs(counter)}
+        result = run_clip(runner, clip)
+    steps = [
+        {
+            "kind": s.kind.value,
+            "num_kept": s.num_kept,
+            "keep_idx": None if s.keep_idx is None else s.keep_idx.clone(),
+            "scores": _opt(s.scores),
+            "importance": _opt(s.importance),
+            "cls": fingerprint(s.pooled),
+        }
+        for s in result.steps
+    ]
+    return {"steps": steps, "logits": fingerprint(result.logits), "macs": _macs(counter)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

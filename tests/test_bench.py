@@ -166,21 +166,18 @@ def test_bench_cli_end_to_end(
 
 def test_every_variant_runs(tiny_presets: None) -> None:
     """Each method at each budget builds and runs two frames (detection) or one clip (action) on a tiny model."""
-    from rgtp.bench.methods import build_clip_runner, build_stepper
+    from rgtp.bench.methods import build_variant
+    from rgtp.runtime import run_clip, stream
 
     det = build_model(get_preset("shapes_det_base"))
     frames = [torch.randn(1, 3, 256, 256) for _ in range(2)]
-    with torch.no_grad():
-        for variant in detection_variants(get_preset("shapes_det_rgtp").rgtp):
-            stepper = build_stepper(variant, det)
-            state = stepper.new_state()
-            results = [stepper.step(x, state) for x in frames]
-            assert results[-1].detections is not None and state.nbytes() >= 0, variant.name
-        vivit = build_model(get_preset("motions_base"))
-        clip = torch.randn(1, 3, 16, 80, 80)
-        for variant in action_variants(get_preset("motions_rgtp").rgtp):
-            runner = build_clip_runner(variant, vivit)
-            assert runner.spatial_features(clip).shape == (1, 8, 32), variant.name
+    for variant in detection_variants(get_preset("shapes_det_rgtp").rgtp):
+        ticks = list(stream(build_variant(variant, det), frames))
+        assert ticks[-1].output.detections is not None and ticks[-1].state_nbytes >= 0, variant.name
+    vivit = build_model(get_preset("motions_base"))
+    clip = torch.randn(1, 3, 16, 80, 80)
+    for variant in action_variants(get_preset("motions_rgtp").rgtp):
+        assert run_clip(build_variant(variant, vivit), clip).pooled.shape == (1, 8, 32), variant.name
 
 
 def test_bench_errors(tmp_path: Path) -> None:

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from conftest import TINY_VIVIT, vivit_rgtp
-from rgtp.build import build_model, build_runtime
+from rgtp.build import build_model, build_runner
 from rgtp.config import Preset
 from rgtp.data.action import ActionClip, ActionDataError, ActionDataset, preset_views
 from rgtp.evaluation.action import action_table, evaluate_action
 from rgtp.evaluation.records import ResumeError
+from rgtp.runtime import run_clip
 
 MODEL = dataclasses.replace(TINY_VIVIT, num_classes=9)  # more classes than top-5
 DENSE = Preset("tiny_vivit_dense", MODEL, None, temporal_stride=2)
@@ -52,11 +53,10 @@ def _direct_top(preset: Preset, weights: Path, dataset: FakeClips) -> list[list[
     """Top-5 per clip computed without the evaluation code (runtime on the views, mean logits, softmax)."""
     model = build_model(preset)
     model.load_state_dict(torch.load(weights, weights_only=True)["model"])
-    runtime = build_runtime(preset, model)
+    runtime = build_runner(preset, model)
     out = []
     for clip in dataset:
-        with torch.no_grad():
-            logits = runtime(preset_views(dataset.load(clip), preset))  # (views, classes)
+        logits = run_clip(runtime, preset_views(dataset.load(clip), preset)).logits  # (views, classes)
         out.append(logits.mean(0).softmax(-1).topk(5).indices.tolist())
     return out
 

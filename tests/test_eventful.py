@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.presets import small_detector, small_vivit
 from rgtp.pruning.schedule import FrameKind
-from rgtp.runtime import EventfulState, EventfulViTDet, EventfulViViT
+from rgtp.runtime import EventfulState, build_runner, run_clip
 
 MODES = ("dense", "qk", "qk_av")
 
@@ -75,10 +76,11 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
-def _vivit_close(runtime: EventfulViViT, vivit: ViViT, clip: torch.Tensor) -> None:
+def _vivit_close(runtime: Any, vivit: ViViT, clip: torch.Tensor) -> None:
     """The runtime's spatial class tokens and logits equal the dense model's."""
-    torch.testing.assert_close(runtime.spatial_features(clip), vivit.spatial_features(clip), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(runtime(clip), vivit(clip), rtol=1e-4, atol=1e-5)
+    out = run_clip(runtime, clip)
+    torch.testing.assert_close(out.pooled, vivit.spatial_features(clip), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.logits, vivit(clip), rtol=1e-4, atol=1e-5)
 
 
 def _differs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -91,11 +93,11 @@ def _differs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_vitdet_k_equal_n_is_the_dense_model(det: ViTDet, mode: str) -> None:
-    runtime = EventfulViTDet(det, EventfulConfig(keep_ratio=1.0, global_attention=mode), head=det.detect)
+    runtime = build_runner(det, EventfulConfig(keep_ratio=1.0, global_attention=mode), head=det.detect)
     state = runtime.new_state()
     for t, x in enumerate(_frames(4)):
         result = runtime.step(x, state)
-        assert result.kind is (FrameKind.FULL if t == 0 else FrameKind.ROLLOUT)
+        assert result.kind is (FrameKind.FULL if t == 0 else FrameKind.GATED)
         assert result.num_kept == N_DET and result.keep_idx is None and result.importance is None
         _close(result.features, det(x))
         dense = det.detect(det(x))
@@ -109,7 +111,7 @@ def test_vitdet_k_equal_n_is_the_dense_model(det: ViTDet, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_vivit_k_equal_n_is_the_dense_model(vivit: ViViT, mode: str) -> None:
-    runtime = EventfulViViT(vivit, EventfulConfig(k=N_VIVIT, global_attention=mode))
+    runtime = build_runner(vivit, EventfulConfig(k=N_VIVIT, global_attention=mode))
     clip = _clip()
     _vivit_close(runtime, vivit, clip)
 
@@ -117,33 +119,37 @@ def test_vivit_k_equal_n_is_the_dense_model(vivit: ViViT, mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_static_video_is_exact_with_few_tokens(det: ViTDet, vivit: ViViT, mode: str) -> None:
     """Zero errors: the rows no gate recomputes are stale but equal to what the dense model computes."""
-    runtime = EventfulViTDet(det, EventfulConfig(k=5, global_attention=mode))
+    runtime = build_runner(det, EventfulConfig(k=5, global_attention=mode))
     state = runtime.new_state()
     for x in _frames(4, static=True):
         result = runtime.step(x, state)
         _close(result.features, det(x))
     clip = _clip(static=True)
-    vivit_runtime = EventfulViViT(vivit, EventfulConfig(k=3, global_attention=mode))
+    vivit_runtime = build_runner(vivit, EventfulConfig(k=3, global_attention=mode))
     _vivit_close(vivit_runtime, vivit, clip)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_few_tokens_on_a_moving_video_approximate(det: ViTDet, vivit: ViViT, mode: str) -> None:
-    runtime = EventfulViTDet(det, EventfulConfig(k=16, global_attention=mode))
+    runtime = build_runner(det, EventfulConfig(k=16, global_attention=mode))
     state = runtime.new_state()
     frames = _frames(3)
     _close(runtime.step(frames[0], state).features, det(frames[0]))
     for x in frames[1:]:
         result = runtime.step(x, state)
-        assert result.kind is FrameKind.ROLLOUT and result.num_kept == 16
+        assert result.kind is FrameKind.GATED and result.num_kept == 16
         assert result.keep_idx is not None and result.keep_idx.shape == (2, 16)
         assert torch.all(result.keep_idx[:, 1:] > result.keep_idx[:, :-1])  # ascending, unique
         assert result.scores is not None and result.scores.shape == (2, N_DET)
         assert _differs(result.features, det(x))
     clip = _clip()
-    vivit_runtime = EventfulViViT(vivit, EventfulConfig(k=4, global_attention=mode))
-    assert vivit_runtime(clip).shape == (2, VIVIT.num_classes)
-    feats, dense = vivit_runtime.spatial_features(clip), vivit.spatial_features(clip)  # (B, steps, C)
+    vivit_runtime = build_runner(vivit, EventfulConfig(k=4, global_attention=mode))
+    out = run_clip(vivit_runtime, clip)
+    assert out.logits.shape == (2, VIVIT.num_classes)
+    assert [s.kind for s in out.steps] == [FrameKind.FULL] + [FrameKind.GATED] * (VIVIT.num_steps - 1)
+    assert out.steps[1].num_kept == 4 and out.steps[1].keep_idx.shape == (2, 4)  # patch tokens (the class token too)
+    assert int(out.steps[1].keep_idx.max()) < N_VIVIT and out.steps[1].scores.shape == (2, N_VIVIT)
+    feats, dense = out.pooled, vivit.spatial_features(clip)  # (B, steps, C)
     torch.testing.assert_close(feats[:, 0], dense[:, 0])  # the first step is dense
     assert not torch.allclose(feats[:, 1:], dense[:, 1:], atol=1e-4)
 
@@ -152,20 +158,20 @@ def test_incremental_qk_equals_dense_attention_on_the_accumulated_qkv(det: ViTDe
     """Updating the rows and columns of QKᵀ of the updated tokens is exact (relative positions included)."""
     outputs = {}
     for mode in ("dense", "qk"):
-        runtime = EventfulViTDet(det, EventfulConfig(k=12, global_attention=mode))
+        runtime = build_runner(det, EventfulConfig(k=12, global_attention=mode))
         state = runtime.new_state()
         outputs[mode] = [runtime.step(x, state).features for x in _frames(4)]
     for a, b in zip(outputs["dense"], outputs["qk"], strict=True):
         _close(a, b)
     clip = _clip()
-    dense = EventfulViViT(vivit, EventfulConfig(k=5, global_attention="dense")).spatial_features(clip)
-    qk = EventfulViViT(vivit, EventfulConfig(k=5, global_attention="qk")).spatial_features(clip)
+    dense = run_clip(build_runner(vivit, EventfulConfig(k=5, global_attention="dense")), clip).pooled
+    qk = run_clip(build_runner(vivit, EventfulConfig(k=5, global_attention="qk")), clip).pooled
     torch.testing.assert_close(qk, dense)
 
 
 def test_incremental_av_keeps_its_product_of_references(det: ViTDet) -> None:
     """qk_av: the A·V buffer always equals A_ref · V, with V the accumulated values."""
-    runtime = EventfulViTDet(det, EventfulConfig(k=10, global_attention="qk_av"))
+    runtime = build_runner(det, EventfulConfig(k=10, global_attention="qk_av"))
     state = runtime.new_state()
     for x in _frames(3):
         runtime.step(x, state)
@@ -180,7 +186,7 @@ def test_incremental_av_keeps_its_product_of_references(det: ViTDet) -> None:
 
 
 def test_references_update_only_on_selected_rows(det: ViTDet) -> None:
-    runtime = EventfulViTDet(det, EventfulConfig(k=10))
+    runtime = build_runner(det, EventfulConfig(k=10))
     state = runtime.new_state()
     frames = _frames(2)
     runtime.step(frames[0], state)
@@ -203,7 +209,7 @@ def test_references_update_only_on_selected_rows(det: ViTDet) -> None:
 
 
 def test_reset_restores_the_first_frame(det: ViTDet) -> None:
-    runtime = EventfulViTDet(det, EventfulConfig(k=10, global_attention="qk_av"))
+    runtime = build_runner(det, EventfulConfig(k=10, global_attention="qk_av"))
     video_a, video_b = _frames(3, seed=1), _frames(3, seed=2)
     fresh = runtime.new_state()
     expected = [runtime.step(x, fresh).features for x in video_b]
@@ -214,18 +220,18 @@ def test_reset_restores_the_first_frame(det: ViTDet) -> None:
     assert state.t == 0 and state.nbytes() == 0 and not state.tensors()
     for t, (x, want) in enumerate(zip(video_b, expected, strict=True)):
         result = runtime.step(x, state)
-        assert result.kind is (FrameKind.FULL if t == 0 else FrameKind.ROLLOUT)
+        assert result.kind is (FrameKind.FULL if t == 0 else FrameKind.GATED)
         _close(result.features, want)
 
 
 def test_gated_step_without_history_raises(det: ViTDet) -> None:
-    runtime = EventfulViTDet(det, EventfulConfig(k=10))
+    runtime = build_runner(det, EventfulConfig(k=10))
     with pytest.raises(RuntimeError, match="reset"):
         runtime.step(_frames(1)[0], EventfulState(t=1))
 
 
 def test_refresh_every_runs_dense_steps(det: ViTDet) -> None:
-    runtime = EventfulViTDet(det, EventfulConfig(k=8, refresh_every=2))
+    runtime = build_runner(det, EventfulConfig(k=8, refresh_every=2))
     state = runtime.new_state()
     kinds = []
     for x in _frames(5):
@@ -234,12 +240,12 @@ def test_refresh_every_runs_dense_steps(det: ViTDet) -> None:
         if result.kind is FrameKind.FULL:
             _close(result.features, det(x))
             assert result.num_kept == N_DET
-    assert kinds == [FrameKind.FULL, FrameKind.ROLLOUT, FrameKind.FULL, FrameKind.ROLLOUT, FrameKind.FULL]
+    assert kinds == [FrameKind.FULL, FrameKind.GATED, FrameKind.FULL, FrameKind.GATED, FrameKind.FULL]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_state_memory(det: ViTDet, vivit: ViViT, mode: str) -> None:
-    runtime = EventfulViTDet(det, EventfulConfig(k=8, global_attention=mode))
+    runtime = build_runner(det, EventfulConfig(k=8, global_attention=mode))
     state = runtime.new_state()
     assert state.nbytes() == 0
     for x in _frames(2):
@@ -256,20 +262,20 @@ def test_state_memory(det: ViTDet, vivit: ViViT, mode: str) -> None:
     assert state.nbytes() == 4 * (d * per_block + attention)
     assert state.to("cpu") is state and state.nbytes() == sum(v.nbytes for v in tensors.values())
 
-    vivit_runtime = EventfulViViT(vivit, EventfulConfig(k=4, global_attention=mode))
-    assert vivit_runtime.last_state_nbytes == 0
-    vivit_runtime(_clip())
+    vivit_runtime = build_runner(vivit, EventfulConfig(k=4, global_attention=mode))
+    assert vivit_runtime.new_state().nbytes() == 0
+    nbytes = run_clip(vivit_runtime, _clip()).state_nbytes
     n, c, h = N_VIVIT + 1, VIVIT.embed_dim, VIVIT.num_heads  # every spatial block is global
     per_block = 2 * n * 8 * c + {"dense": 0, "qk": 1, "qk_av": 2}[mode] * 2 * h * n * n
     per_block += 2 * n * c if mode == "qk_av" else 0
-    assert vivit_runtime.last_state_nbytes == 4 * VIVIT.depth * per_block
+    assert nbytes == 4 * VIVIT.depth * per_block
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Compute
 
 
-def _step_macs(runtime: EventfulViTDet | EventfulViViT, frames: list[torch.Tensor]) -> list[int]:
+def _step_macs(runtime: Any, frames: list[torch.Tensor]) -> list[int]:
     """MACs (backbone + method overhead) of each step of one stream."""
     state = runtime.new_state()
     counts = []
@@ -288,7 +294,7 @@ def test_vitdet_macs_fall_linearly_with_k(det: ViTDet, mode: str) -> None:
     dense = counter.macs(("backbone", "rgtp"))
     gated = {}
     for k in (8, 16, 24, 32):
-        first, second = _step_macs(EventfulViTDet(det, EventfulConfig(k=k, global_attention=mode)), frames)
+        first, second = _step_macs(build_runner(det, EventfulConfig(k=k, global_attention=mode)), frames)
         assert first == dense  # the first step is the dense model, nothing more
         gated[k] = second
     assert gated[8] < gated[16] < gated[24] < gated[32]
@@ -299,7 +305,7 @@ def test_vitdet_macs_fall_linearly_with_k(det: ViTDet, mode: str) -> None:
 def test_vivit_macs_fall_linearly_with_k(vivit: ViViT) -> None:
     tokens = vivit.embed(_clip(batch=1))  # (1, steps, N, C)
     frames = [tokens[:, t] for t in range(2)]
-    gated = {k: _step_macs(EventfulViViT(vivit, EventfulConfig(k=k)), frames)[1] for k in (2, 4, 6, 8)}
+    gated = {k: _step_macs(build_runner(vivit, EventfulConfig(k=k)), frames)[1] for k in (2, 4, 6, 8)}
     assert gated[2] < gated[4] < gated[6] < gated[8]
     assert gated[8] - gated[6] == gated[6] - gated[4] == gated[4] - gated[2]
 
@@ -328,9 +334,10 @@ def test_config_rejects_invalid_values(kwargs: dict) -> None:
 def test_config_token_counts_and_round_trip(det: ViTDet, vivit: ViViT) -> None:
     assert EventfulConfig(keep_ratio=0.25).tokens(256) == 64
     assert EventfulConfig(k=32).tokens(256) == 32
-    assert EventfulViViT(vivit, EventfulConfig(keep_ratio=0.5)).k == N_VIVIT // 2
+    assert EventfulConfig(keep_ratio=0.5).tokens(N_VIVIT) == N_VIVIT // 2
+    too_many = build_runner(det, EventfulConfig(k=N_DET + 1))
     with pytest.raises(ConfigError):
-        EventfulViTDet(det, EventfulConfig(k=N_DET + 1))
+        too_many.step(_frames(1)[0], too_many.new_state())
     with pytest.raises(ConfigError):
         EventfulConfig(keep_ratio=0.001).tokens(256)
     cfg = EventfulConfig(keep_ratio=0.3, refresh_every=8, global_attention="qk")

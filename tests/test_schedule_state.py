@@ -1,11 +1,11 @@
-"""Tests for rgtp.pruning.schedule and rgtp.pruning.state."""
+"""Tests for rgtp.pruning.schedule and rgtp.pruning.state (the generic StreamState base, RGTP's state)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rgtp.pruning import FrameKind, StreamState, frame_kind
+from rgtp.pruning import FrameKind, RGTPState, StreamState, frame_kind
 
 
 def test_vitdet_schedule_full_every_8() -> None:
@@ -41,12 +41,12 @@ def test_frame_kind_values() -> None:
     assert FrameKind("full") is FrameKind.FULL and FrameKind.GRID == "grid" and FrameKind.ROLLOUT.value == "rollout"
 
 
-def _filled_state() -> StreamState:
-    st = StreamState()
+def _filled_state() -> RGTPState:
+    st = RGTPState()
     st.t = 5
     st.importance = torch.rand(2, 12)  # 96 B
     st.features = torch.zeros(2, 12, 8, dtype=torch.float16)  # 384 B
-    st.output = torch.zeros(2, 12, 8, dtype=torch.float64)  # 1536 B
+    st.outputs[11] = torch.zeros(2, 12, 8, dtype=torch.float64)  # 1536 B
     st.qkv[1] = torch.zeros(2, 12, 24)  # 2304 B
     st.qkv[3] = torch.zeros(2, 12, 24)  # 2304 B
     st.attn_rows[2] = torch.zeros(2, 3, 3)  # 72 B
@@ -56,24 +56,25 @@ def _filled_state() -> StreamState:
 def test_state_tensors_and_nbytes() -> None:
     st = _filled_state()
     named = st.tensors()
-    assert set(named) == {"importance", "features", "output", "qkv.1", "qkv.3", "attn_rows.2"}
+    assert set(named) == {"importance", "features", "outputs.11", "qkv.1", "qkv.3", "attn_rows.2"}
     assert named["qkv.3"] is st.qkv[3] and named["importance"] is st.importance
     assert st.nbytes() == 96 + 384 + 1536 + 2304 + 2304 + 72
 
 
 def test_empty_state() -> None:
-    st = StreamState()
-    assert st.t == 0 and st.tensors() == {} and st.nbytes() == 0
+    for st in (StreamState(), RGTPState()):
+        assert st.t == 0 and st.tensors() == {} and st.nbytes() == 0
+    assert isinstance(RGTPState(), StreamState)
 
 
 def test_state_reset_clears_everything() -> None:
     st = _filled_state()
-    qkv_dict, rows_dict = st.qkv, st.attn_rows
+    qkv_dict, rows_dict, out_dict = st.qkv, st.attn_rows, st.outputs
     st.reset()
     assert st.t == 0
-    assert st.importance is None and st.features is None and st.output is None
+    assert st.importance is None and st.features is None and st.outputs == {}
     assert st.qkv == {} and st.attn_rows == {}
-    assert not qkv_dict and not rows_dict  # the dicts themselves are cleared (no stale references survive)
+    assert not qkv_dict and not rows_dict and not out_dict  # cleared in place: no stale references survive
     assert st.tensors() == {} and st.nbytes() == 0
 
 

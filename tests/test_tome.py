@@ -24,7 +24,7 @@ from rgtp.pruning.merge import (
     unmerge_tokens,
 )
 from rgtp.pruning.schedule import FrameKind
-from rgtp.runtime import FrameResult, ToMeViTDet, ToMeViViT
+from rgtp.runtime import GridStep, build_runner, run_clip
 from rgtp.runtime.tome import merged_attention
 
 SCOPES = ("backbone", "rgtp")
@@ -158,7 +158,7 @@ def test_protected_first_token_is_never_merged() -> None:
     metric[:, 1] = metric[:, 0]  # token 0's best match is perfect
     free, _ = bipartite_soft_matching(metric, 1)
     assert torch.all(free[:, 0] == free[:, 1])  # unprotected: 0 merges into 1
-    kept, m = bipartite_soft_matching(metric, 10, protect_first=True)  # more than allowed: capped at 4
+    kept, m = bipartite_soft_matching(metric, 10, protect=1)  # more than allowed: capped at 4
     assert m == 5
     assert torch.all(kept[:, 0] == 0) and torch.all(kept[:, 1:] != 0)
 
@@ -187,9 +187,9 @@ def test_proportional_attention_equals_attention_over_duplicates() -> None:
     qkv[:, 4] = qkv[:, 3]  # tokens 3 and 4 are duplicates
     full = attn.attend(qkv, None).out  # (1, 6, C)
     keep = torch.tensor([0, 1, 2, 3, 5])
-    merged = merged_attention(attn, qkv[:, keep], torch.tensor([[1.0, 1.0, 1.0, 2.0, 1.0]]))
+    merged = merged_attention(attn.spec, qkv[:, keep], torch.tensor([[1.0, 1.0, 1.0, 2.0, 1.0]]))
     torch.testing.assert_close(merged, full[:, keep], rtol=1e-5, atol=1e-6)
-    plain = merged_attention(attn, qkv[:, keep], None)
+    plain = merged_attention(attn.spec, qkv[:, keep], None)
     assert not torch.allclose(plain, full[:, keep], atol=1e-4)
 
 
@@ -199,7 +199,7 @@ def test_proportional_attention_equals_attention_over_duplicates() -> None:
 @pytest.mark.parametrize("mode", ["unmerge", "merged"])
 def test_vitdet_r0_equals_dense(det: ViTDet, mode: str) -> None:
     x = _images()
-    tome = ToMeViTDet(det, ToMeConfig(r=0, global_attn=mode))
+    tome = build_runner(det, ToMeConfig(r=0, global_attn=mode))
     result = tome.step(x, tome.new_state())
     dense = det(x)
     assert result.features.keys() == dense.keys()
@@ -213,14 +213,14 @@ def test_vitdet_step_interface(det: ViTDet) -> None:
         calls.append(features)
         return ["detections"]
 
-    tome = ToMeViTDet(det, ToMeConfig(keep_ratio=0.5), head=head)
+    tome = build_runner(det, ToMeConfig(keep_ratio=0.5), head=head)
     state = tome.new_state()
     assert state.nbytes() == 0 and state.tensors() == {}
     for t in range(2):
         result = tome.step(_images(seed=t), state)
-        assert isinstance(result, FrameResult)
-        assert result.t == t and result.kind is FrameKind.FULL
-        assert result.num_kept == tome.num_kept == 50 == DET.num_tokens - sum(tome.schedule)
+        assert isinstance(result, GridStep)
+        assert result.t == t and result.kind is FrameKind.MERGED
+        assert result.num_kept == 50 == DET.num_tokens - sum(tome.schedule(DET.num_tokens))
         assert result.keep_idx is None and result.scores is None and result.importance is None
         assert result.detections == ["detections"] and calls[-1] is result.features
         assert result.features["p4"].shape == (1, 16, 10, 10)
@@ -235,7 +235,7 @@ def test_vitdet_macs_decrease_with_r(det: ViTDet, mode: str) -> None:
     x = _images()
     macs = []
     for r in (0, 4, 12, 24):
-        tome = ToMeViTDet(det, ToMeConfig(r=r, global_attn=mode))
+        tome = build_runner(det, ToMeConfig(r=r, global_attn=mode))
         with MacCounter() as counter:
             tome.step(x, tome.new_state())
         macs.append(counter.macs(SCOPES))
@@ -247,7 +247,7 @@ def test_vitdet_merged_global_attention_is_cheaper(det: ViTDet) -> None:
     x = _images()
     macs = {}
     for mode in ("unmerge", "merged"):
-        tome = ToMeViTDet(det, ToMeConfig(r=12, global_attn=mode))
+        tome = build_runner(det, ToMeConfig(r=12, global_attn=mode))
         with MacCounter() as counter:
             tome.step(x, tome.new_state())
         macs[mode] = counter.macs(SCOPES)
@@ -256,21 +256,19 @@ def test_vitdet_merged_global_attention_is_cheaper(det: ViTDet) -> None:
 
 @pytest.mark.parametrize("mode", ["unmerge", "merged"])
 def test_vitdet_batch_items_are_independent(det: ViTDet, mode: str) -> None:
-    tome = ToMeViTDet(det, ToMeConfig(r=12, global_attn=mode))
+    tome = build_runner(det, ToMeConfig(r=12, global_attn=mode))
     x = torch.cat([_images(seed=5), _images(seed=6)])
-    _, groups = tome.encode(x)
-    assert groups is not None and not torch.equal(groups.source[0], groups.source[1])
-    batched = tome.backbone(x)
+    batched = tome.step(x, tome.new_state()).features["p4"]
     for i in range(2):
-        torch.testing.assert_close(batched[i : i + 1], tome.backbone(x[i : i + 1]), rtol=1e-4, atol=1e-5)
+        alone = tome.step(x[i : i + 1], tome.new_state()).features["p4"]
+        torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-4, atol=1e-5)
 
 
 def test_vitdet_constant_image(det: ViTDet) -> None:
     # every patch embedding is equal, so tokens differ by position only (many near-ties); front-loaded merging
-    tome = ToMeViTDet(det, ToMeConfig(keep_ratio=0.25, spread="front"))
-    tokens, groups = tome.encode(torch.zeros(1, 3, DET.img_size, DET.img_size))
-    assert tokens.shape == (1, 25, DET.embed_dim) and groups is not None
-    assert groups.sizes.sum().item() == DET.num_tokens
+    tome = build_runner(det, ToMeConfig(keep_ratio=0.25, spread="front"))
+    out = tome.step(torch.zeros(1, 3, DET.img_size, DET.img_size), tome.new_state())
+    assert out.num_kept == 25 and all(torch.isfinite(f).all() for f in out.features.values())
 
 
 # --- ViViT ------------------------------------------------------------------------------------------------------
@@ -278,18 +276,22 @@ def test_vitdet_constant_image(det: ViTDet) -> None:
 
 def test_vivit_r0_equals_dense(viv: ViViT) -> None:
     clip = _clip(batch=2)
-    tome = ToMeViViT(viv, ToMeConfig(r=0))
-    assert torch.equal(tome(clip), viv(clip))
-    assert torch.equal(tome.spatial_features(clip), viv.spatial_features(clip))
-    assert tome.last_state_nbytes == 0
+    tome = build_runner(viv, ToMeConfig(r=0))
+    out = run_clip(tome, clip)
+    assert torch.equal(out.logits, viv(clip))
+    assert torch.equal(out.pooled, viv.spatial_features(clip))
+    assert out.state_nbytes == 0 and all(s.kind is FrameKind.FULL for s in out.steps)
 
 
 def test_vivit_cls_is_never_merged(viv: ViViT) -> None:
-    tome = ToMeViViT(viv, ToMeConfig(r=100))  # as much as the cap allows: 36 -> 18 -> 9 -> 5 patch tokens
-    assert tome.schedule == [18, 9, 4] and tome.num_kept == 5
+    tome = build_runner(viv, ToMeConfig(r=100))  # as much as the cap allows: 36 -> 18 -> 9 -> 5 patch tokens
+    plan = tome.schedule(VIV.num_tokens)
+    assert plan == [18, 9, 4]
     embeds = viv.embed(_clip(batch=2))[:, 0]  # (2, N, C)
-    cls, groups = tome.encode(embeds)
-    assert cls.shape == (2, VIV.embed_dim) and groups is not None
+    out = tome.step(embeds, tome.new_state())
+    assert out.num_kept == 5 and out.kind is FrameKind.MERGED and out.pooled.shape == (2, VIV.embed_dim)
+    _, groups = tome._encode(tome.model.tokens(embeds, VIV.grid), plan)
+    assert groups is not None
     assert torch.all(groups.source[:, 0] == 0) and torch.all(groups.source[:, 1:] != 0)
     assert torch.all(groups.sizes[:, 0] == 1)
     torch.testing.assert_close(groups.sizes.sum(-1), torch.full((2,), 1.0 + VIV.num_tokens))
@@ -299,20 +301,22 @@ def test_vivit_macs_decrease_with_r(viv: ViViT) -> None:
     clip = _clip()
     macs = []
     for r in (0, 3, 6, 12):
-        tome = ToMeViViT(viv, ToMeConfig(r=r))
+        tome = build_runner(viv, ToMeConfig(r=r))
         with MacCounter() as counter:
-            tome(clip)
+            run_clip(tome, clip)
         macs.append(counter.macs(SCOPES))
     assert macs == sorted(macs, reverse=True) and len(set(macs)) == len(macs)
 
 
 @pytest.mark.parametrize("prop_attn", [True, False])
 def test_vivit_batch_items_are_independent(viv: ViViT, prop_attn: bool) -> None:
-    tome = ToMeViViT(viv, ToMeConfig(keep_ratio=0.4, prop_attn=prop_attn))
+    tome = build_runner(viv, ToMeConfig(keep_ratio=0.4, prop_attn=prop_attn))
     clip = torch.cat([_clip(seed=1), _clip(seed=2)])
-    batched = tome.spatial_features(clip)  # (2, steps, C); the random classifier's logits barely depend on them
+    out = run_clip(tome, clip)
+    batched = out.pooled  # (2, steps, C); the random classifier's logits barely depend on them
     assert not torch.allclose(batched[0], batched[1], atol=1e-3)
     for i in range(2):
-        torch.testing.assert_close(batched[i : i + 1], tome.spatial_features(clip[i : i + 1]), rtol=1e-4, atol=1e-5)
+        alone = run_clip(tome, clip[i : i + 1]).pooled
+        torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(batched, viv.spatial_features(clip), atol=1e-4)  # merging changes the result
-    assert tome(clip).shape == (2, VIV.num_classes)
+    assert out.logits.shape == (2, VIV.num_classes)

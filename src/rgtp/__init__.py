@@ -1,41 +1,51 @@
 """Rollout-Guided Token Pruning (ICIP'25) for video Vision Transformers.
 
-Quick use::
+Quick use, on a model you already have (ours, Hugging Face's, timm's)::
 
     import rgtp
+    runner = rgtp.adapt(model, keep_ratio=0.5)  # or method="eventful" / "tome" / "dense"
+    state = runner.new_state()
+    for frame in frames:
+        out = runner.step(frame, state)  # one frame per stream; state.reset() between videos
+
+or on a preset of the paper::
+
     preset = rgtp.get_preset("vitdet_vid_672_keep512")
     model = rgtp.build_model(preset)
-    runtime = rgtp.RGTPViTDet(model, preset.rgtp)
-    state = runtime.new_state()
-    result = runtime.step(images, state)  # one frame per stream; state.reset() between videos
+    runner = rgtp.build_runner(preset, model)
 """
 
-from rgtp.build import build_model, build_runtime, load_weights
-from rgtp.config import ConfigError, Preset, RGTPConfig, ViTDetConfig, ViViTConfig
+from rgtp.api import adapt
+from rgtp.build import build_model, build_runner, load_weights
+from rgtp.config import ConfigError, EventfulConfig, Preset, RGTPConfig, ToMeConfig, ViTDetConfig, ViViTConfig
 from rgtp.flops import MacCounter
 from rgtp.presets import get_preset, preset_names
 from rgtp.pruning import FrameKind, StreamState
-from rgtp.runtime import DenseViTDet, Detections, RGTPViTDet, RGTPViViT
+from rgtp.runtime import ClassStep, Detections, GridStep, run_clip, stream
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassStep",
     "ConfigError",
-    "DenseViTDet",
     "Detections",
+    "EventfulConfig",
     "FrameKind",
+    "GridStep",
     "MacCounter",
     "Preset",
     "RGTPConfig",
-    "RGTPViTDet",
-    "RGTPViViT",
     "StreamState",
+    "ToMeConfig",
     "ViTDetConfig",
     "ViViTConfig",
     "__version__",
+    "adapt",
     "build_model",
-    "build_runtime",
+    "build_runner",
     "get_preset",
     "load_weights",
     "preset_names",
+    "run_clip",
+    "stream",
 ]

@@ -1,7 +1,10 @@
 """Per-preset compute accounting by counting a dry run on meta tensors (no arithmetic is performed).
 
-The count is data-independent for every preset (kept counts depend only on the settings), so one FULL and one
-pruned step (ViTDet), or one clip (ViViT), give the exact per-frame / per-clip figures.
+Every method is counted the same way: its runner (built through the method registry) steps over meta frames under
+:class:`~rgtp.flops.MacCounter` until each kind of step it makes has been seen (ViTDet: a FULL frame and the first
+pruned one; ViViT: one clip of all views). The count is data-independent for every method whose kept counts depend
+only on its settings; a selector whose count depends on the data (``boxes``) is counted at the count its keep ratio
+gives, and the result says so in ``note``.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ from typing import Any
 
 import torch
 
-from rgtp.config import Preset, ViTDetConfig
+from rgtp.config import Preset, RGTPConfig, ViTDetConfig
 from rgtp.flops import MacCounter
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.presets import PAPER
-from rgtp.pruning.schedule import FrameKind, frame_kind
-from rgtp.runtime import RGTPViTDet, RGTPViViT
+from rgtp.pruning.schedule import FrameKind
+from rgtp.runtime.driver import run_clip, stream
+from rgtp.runtime.methods import build_runner
+from rgtp.runtime.selectors import Selector, UniformSelector, build_selector
 
 __all__ = ["FULL_FRACTION_VID_VAL", "Accounting", "count_preset"]
 
@@ -26,19 +31,27 @@ FULL_FRACTION_VID_VAL = 0.1266  # FULL frames among VID val frames with a full f
 
 @dataclass
 class Accounting:
-    """Compute of one preset in multiply-accumulates (paper convention: backbone + RGTP overhead)."""
+    """Compute of one preset in multiply-accumulates (paper convention: backbone + method overhead)."""
 
     preset: str
     family: str
     unit: str = "MAC"
-    full_frame_gmacs: float | None = None  # ViTDet
-    pruned_frame_gmacs: float | None = None  # ViTDet, None for a baseline
+    full_frame_gmacs: float | None = None  # ViTDet: a FULL frame (None when the method makes none)
+    pruned_frame_gmacs: float | None = None  # ViTDet: a reduced frame (pruned, gated, merged), None for dense
     vid_avg_gmacs: float | None = None  # ViTDet, averaged with the VID val FULL fraction
     clip_tmacs: float | None = None  # ViViT, per clip of all views
-    kept: dict[str, int] = field(default_factory=dict)  # kept tokens per step kind
+    kept: dict[str, int] = field(default_factory=dict)  # tokens processed per step kind
     num_tokens: int = 0
     breakdown_gmacs: dict[str, dict[str, float]] = field(default_factory=dict)  # per step kind, per scope
     paper: dict[str, Any] = field(default_factory=dict)
+    method: str = "dense"
+    note: str = ""  # how a data-dependent count was counted
+
+    def step_gmacs(self, kind: FrameKind | str) -> float:
+        """GMACs (paper scopes) of a ViTDet frame of this kind."""
+        full = FrameKind(kind) is FrameKind.FULL
+        value = self.full_frame_gmacs if full or self.pruned_frame_gmacs is None else self.pruned_frame_gmacs
+        return float(value if value is not None else self.pruned_frame_gmacs or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,61 +60,63 @@ class Accounting:
 def count_preset(preset: Preset) -> Accounting:
     """Count the preset's MACs on meta tensors."""
     reported = PAPER.get(preset.name)
-    acc = Accounting(preset.name, preset.family, paper={} if reported is None else asdict(reported))
+    acc = Accounting(
+        preset.name, preset.family, paper={} if reported is None else asdict(reported), method=preset.method
+    )
     with torch.device("meta"):
         model = ViTDet(preset.model) if isinstance(preset.model, ViTDetConfig) else ViViT(preset.model)
     acc.num_tokens = preset.model.num_tokens
+    runner = build_runner(model, preset.method_config, selector=_nominal(preset, acc))
     if isinstance(model, ViTDet):
-        _count_vitdet(preset, model, acc)
+        _count_frames(preset, runner, acc)
     else:
-        _count_vivit(preset, model, acc)
+        _count_clip(preset, model, runner, acc)
     return acc
 
 
-def _count_vitdet(preset: Preset, model: ViTDet, acc: Accounting) -> None:
+def _nominal(preset: Preset, acc: Accounting) -> Selector | None:
+    """For a selector whose kept count depends on the data, a stand-in keeping the count its keep ratio gives."""
+    cfg = preset.method_config
+    if not isinstance(cfg, RGTPConfig) or not build_selector(cfg).data_dependent:
+        return None
+    acc.note = (
+        f"selection policy {cfg.selection.policy!r} keeps a data-dependent number of tokens; pruned steps are "
+        f"counted at the count keep_ratio={cfg.selection.keep_ratio:g} gives (measure on data with rgtp bench)"
+    )
+    return UniformSelector(cfg)
+
+
+def _count_frames(preset: Preset, runner: Any, acc: Accounting) -> None:
+    """Step meta frames until a FULL frame and a reduced one (or 64 frames of one kind) have been counted."""
     size = preset.model.img_size
     images = torch.empty(1, 3, size, size, device="meta")
-    if preset.rgtp is None:
-        with MacCounter() as counter:
-            model.net(images)
-        acc.full_frame_gmacs = acc.vid_avg_gmacs = counter.gmacs()
-        acc.kept = {"full": acc.num_tokens}
-        acc.breakdown_gmacs = {"full": _gscopes(counter)}
-        return
-    runtime = RGTPViTDet(model, preset.rgtp)
-    state = runtime.new_state()
-    sched = preset.rgtp.schedule
-    pruned_t = next(t for t in range(1, 64) if frame_kind(t, sched.reset_every, sched.reset_mode) is not FrameKind.FULL)
-    for t in range(pruned_t + 1):
-        with MacCounter() as counter:
-            result = runtime.step(images, state)
-        if t in (0, pruned_t):
-            acc.kept[result.kind.value] = result.num_kept
-            acc.breakdown_gmacs[result.kind.value] = _gscopes(counter)
-            if t == 0:
-                acc.full_frame_gmacs = counter.gmacs()
+    for tick in stream(runner, (images for _ in range(64)), count=True):
+        kind, macs = tick.output.kind, tick.macs
+        assert macs is not None
+        gmacs = sum(v for k, v in macs.items() if k in ("backbone", "rgtp")) / 1e9
+        if kind.value not in acc.kept:
+            acc.kept[kind.value] = tick.output.num_kept
+            acc.breakdown_gmacs[kind.value] = {k: v / 1e9 for k, v in sorted(macs.items())}
+            if kind is FrameKind.FULL:
+                acc.full_frame_gmacs = gmacs
             else:
-                acc.pruned_frame_gmacs = counter.gmacs()
-    assert acc.full_frame_gmacs is not None and acc.pruned_frame_gmacs is not None
-    acc.vid_avg_gmacs = (
-        FULL_FRACTION_VID_VAL * acc.full_frame_gmacs + (1 - FULL_FRACTION_VID_VAL) * acc.pruned_frame_gmacs
-    )
+                acc.pruned_frame_gmacs = gmacs
+        if acc.pruned_frame_gmacs is not None or runner.stateless:
+            break
+    full, pruned = acc.full_frame_gmacs, acc.pruned_frame_gmacs
+    if full is not None and pruned is not None:
+        acc.vid_avg_gmacs = FULL_FRACTION_VID_VAL * full + (1 - FULL_FRACTION_VID_VAL) * pruned
+    else:
+        acc.vid_avg_gmacs = full if full is not None else pruned
 
 
-def _count_vivit(preset: Preset, model: ViViT, acc: Accounting) -> None:
+def _count_clip(preset: Preset, model: ViViT, runner: Any, acc: Accounting) -> None:
     cfg = preset.model
     views = preset.views[0] * preset.views[1]
     clip = torch.empty(views, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device="meta")
     with MacCounter() as counter:
-        if preset.rgtp is None:
-            model(clip)
-            acc.kept = {"full": acc.num_tokens}
-        else:
-            for step in RGTPViViT(model, preset.rgtp).run_clip(clip).steps:
-                acc.kept.setdefault(step.kind.value, step.num_kept)
+        steps = run_clip(runner, clip).steps
+    for step in steps:
+        acc.kept.setdefault(step.kind.value, step.num_kept)
     acc.clip_tmacs = counter.macs() / 1e12
-    acc.breakdown_gmacs = {"clip": _gscopes(counter)}
-
-
-def _gscopes(counter: MacCounter) -> dict[str, float]:
-    return {k: v / 1e9 for k, v in sorted(counter.by_scope().items())}
+    acc.breakdown_gmacs = {"clip": {k: v / 1e9 for k, v in sorted(counter.by_scope().items())}}

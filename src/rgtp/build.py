@@ -1,10 +1,11 @@
-"""Build models and RGTP runtimes from presets; load weights strictly."""
+"""Build models and their runners from presets; load weights strictly."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,13 +13,13 @@ from torch import nn
 from rgtp.config import Preset, ViTDetConfig, ViViTConfig
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
-from rgtp.runtime import DenseViTDet, RGTPViTDet, RGTPViViT
+from rgtp.runtime.methods import build_runner as _build_runner
 
 __all__ = [
     "ModelPool",
     "WeightsError",
     "build_model",
-    "build_runtime",
+    "build_runner",
     "bundled_weights",
     "load_weights",
     "with_weights_nouns",
@@ -52,13 +53,11 @@ def build_model(preset: Preset, device: torch.device | str = "cpu", seed: int = 
     return model.eval()
 
 
-def build_runtime(preset: Preset, model: nn.Module) -> DenseViTDet | RGTPViTDet | RGTPViViT | ViViT:
-    """What runs the preset on a stream: the RGTP runtime, or the dense model for a baseline preset."""
-    if isinstance(model, ViTDet):
-        head = None if model.head is None else model.detect
-        return DenseViTDet(model, head) if preset.rgtp is None else RGTPViTDet(model, preset.rgtp, head)
-    assert isinstance(model, ViViT)
-    return model if preset.rgtp is None else RGTPViViT(model, preset.rgtp)
+def build_runner(preset: Preset, model: nn.Module) -> Any:
+    """The runner of the preset's method on ``model`` (from :func:`build_model`), with its detector attached to
+    ViTDet presets that have a detection head."""
+    head = model.detect if isinstance(model, ViTDet) and model.head is not None else None
+    return _build_runner(model, preset.method_config, head)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

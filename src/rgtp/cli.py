@@ -78,20 +78,29 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_flops(args: argparse.Namespace) -> int:
     from rgtp.accounting import count_preset
 
-    acc = count_preset(_resolve(args))
+    preset = _resolve(args)
+    acc = count_preset(preset)
     if args.json:
         print(json.dumps(acc.to_dict(), indent=2))
         return 0
     paper = acc.paper
-    print(f"preset {acc.preset} ({acc.family}), {acc.num_tokens} tokens, unit: multiply-accumulates")
-    print(f"kept tokens per step kind: {acc.kept}")
+    print(f"preset {acc.preset} ({acc.family}, method {acc.method}), {acc.num_tokens} tokens, unit: MACs")
+    print(f"tokens processed per step kind: {acc.kept}")
+    if acc.note:
+        print(f"note: {acc.note}")
     if acc.family == "vitdet":
-        print(f"FULL frame    {acc.full_frame_gmacs:9.3f} GMACs   paper {paper.get('full_gmacs')}")
+        if acc.full_frame_gmacs is not None:
+            print(f"FULL frame    {acc.full_frame_gmacs:9.3f} GMACs   paper {paper.get('full_gmacs')}")
         if acc.pruned_frame_gmacs is not None:
-            print(f"PRUNED frame  {acc.pruned_frame_gmacs:9.3f} GMACs   paper {paper.get('pruned_gmacs')}")
-        print(f"VID average   {acc.vid_avg_gmacs:9.3f} GMACs   paper {paper.get('avg_gmacs')}  (FULL fraction 0.1266)")
+            reduced = next((k for k in acc.kept if k != "full"), "pruned").upper()
+            print(f"{reduced + ' frame':13s} {acc.pruned_frame_gmacs:9.3f} GMACs   paper {paper.get('pruned_gmacs')}")
+        if acc.full_frame_gmacs is not None and acc.pruned_frame_gmacs is not None:
+            avg = f"VID average   {acc.vid_avg_gmacs:9.3f} GMACs   paper {paper.get('avg_gmacs')}"
+            print(avg + "  (FULL fraction 0.1266)")
     else:
-        print(f"per clip      {acc.clip_tmacs:9.4f} TMACs   paper {paper.get('clip_tmacs')}  (12 views x 16 steps)")
+        views, steps = preset.views[0] * preset.views[1], preset.model.num_steps  # type: ignore[union-attr]
+        clip = f"per clip      {acc.clip_tmacs:9.4f} TMACs   paper {paper.get('clip_tmacs')}"
+        print(clip + f"  ({views} view{'s' * (views > 1)} x {steps} steps)")
     for kind, scopes in acc.breakdown_gmacs.items():
         print(f"  {kind:8s} " + "  ".join(f"{k} {v:.3f}" for k, v in scopes.items()) + "  (GMACs by scope)")
     return 0

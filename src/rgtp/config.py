@@ -328,7 +328,11 @@ ModelConfig = Union[ViTDetConfig, ViViTConfig]  # noqa: UP007
 
 @dataclass(frozen=True)
 class Preset:
-    """A named, complete experiment: the model, the method (None for the dense baseline) and the data protocol."""
+    """A named, complete experiment: the model, the method and the data protocol.
+
+    The method is the one whose config section is set (``rgtp``, ``eventful`` or ``tome``; none: the dense model);
+    :attr:`method` names it and :attr:`method_config` is its config.
+    """
 
     name: str
     model: ModelConfig
@@ -336,9 +340,16 @@ class Preset:
     temporal_stride: int = 1  # ViViT: frames between sampled frames
     views: tuple[int, int] = (3, 4)  # ViViT: (spatial, temporal) views per clip
     description: str = ""
+    eventful: EventfulConfig | None = None
+    tome: ToMeConfig | None = None
 
     def __post_init__(self) -> None:
         _check(self.temporal_stride >= 1, "temporal_stride must be >= 1")
+        given = [m for m in METHOD_SECTIONS if getattr(self, m) is not None]
+        if len(given) > 1:
+            raise ConfigError(
+                f"a preset runs one method, but {' and '.join(given)} are set (unset one, e.g. --set {given[0]}=null)"
+            )
         if self.rgtp is not None and isinstance(self.model, ViTDetConfig) and self.rgtp.rollout.pool > 1:
             g = self.model.grid[0]
             _check(g % self.rgtp.rollout.pool == 0, f"rollout pool {self.rgtp.rollout.pool} must divide grid {g}")
@@ -346,6 +357,20 @@ class Preset:
     @property
     def family(self) -> str:
         return "vitdet" if isinstance(self.model, ViTDetConfig) else "vivit"
+
+    @property
+    def method(self) -> str:
+        """The method's name: ``dense``, ``rgtp``, ``eventful`` or ``tome``."""
+        return next((m for m in METHOD_SECTIONS if getattr(self, m) is not None), "dense")
+
+    @property
+    def method_config(self) -> RGTPConfig | EventfulConfig | ToMeConfig | None:
+        """The method's config (None for the dense model)."""
+        return getattr(self, self.method) if self.method != "dense" else None
+
+
+#: The sections of a preset that hold a method's config, by method name.
+METHOD_SECTIONS = ("rgtp", "eventful", "tome")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -366,6 +391,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         out[f.name] = value
     if isinstance(cfg, Preset):
         out["family"] = cfg.family
+        out["method"] = cfg.method
     return out
 
 
@@ -427,6 +453,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build config class ``cls`` from plain data; unknown keys and invalid values raise :class:`ConfigError`."""
     data = dict(data)
     if cls is Preset:
+        data.pop("method", None)  # derived from the method section that is set (written for readers)
         family = data.pop("family", None)
         model_cls = {"vitdet": ViTDetConfig, "vivit": ViViTConfig}.get(family)  # type: ignore[arg-type]
         _check(model_cls is not None, f"{where or 'preset'}: 'family' must be 'vitdet' or 'vivit', got {family!r}")
@@ -461,18 +488,43 @@ def parse_value(text: str) -> Any:
 
 
 def override(cfg: T, assignment: str) -> T:
-    """Apply one ``dotted.key=value`` override, e.g. ``rgtp.selection.keep_ratio=0.2``; returns a new config."""
+    """Apply one ``dotted.key=value`` override, e.g. ``rgtp.selection.keep_ratio=0.2``; returns a new config.
+
+    An unset optional section is created on first use: ``eventful.keep_ratio=0.3`` on a dense preset gives it the
+    Eventful method (its other settings at their defaults); ``rgtp=null`` unsets a section.
+    """
     key, sep, raw = assignment.partition("=")
     _check(bool(sep) and bool(key), f"override {assignment!r} is not of the form key=value")
     data = to_dict(cfg)
-    node = data
+    node, obj = data, cfg
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        _check(isinstance(node.get(part), dict), f"override {key!r}: {part!r} is not a config section")
-        node = node[part]
-    _check(parts[-1] in node, f"override {key!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
+        value = getattr(obj, part, None) if dataclasses.is_dataclass(obj) else None
+        section = type(value) if dataclasses.is_dataclass(value) else _section_type(type(obj), part)
+        _check(section is not None, f"override {key!r}: {part!r} is not a config section")
+        if node.get(part) is None:
+            node[part] = _defaults(section)  # type: ignore[arg-type]
+        node, obj = node[part], value if value is not None else section
+    known = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set(node)
+    _check(parts[-1] in known, f"override {key!r}: unknown key {parts[-1]!r}; known: {sorted(known)}")
     node[parts[-1]] = parse_value(raw)
     return from_dict(type(cfg), data)
+
+
+def _section_type(cls: type, name: str) -> type | None:
+    """The dataclass type of field ``name`` of ``cls`` (optional or not), or None if it is not a section."""
+    hint = _hints(cls).get(name) if dataclasses.is_dataclass(cls) else None
+    options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+    found = [o for o in options if dataclasses.is_dataclass(o)]
+    return found[0] if len(found) == 1 else None
+
+
+def _defaults(section: type) -> dict[str, Any]:
+    """A section's default values as data, or nothing when it has required settings (Eventful: k or keep_ratio)."""
+    try:
+        return to_dict(section())
+    except (ConfigError, TypeError):
+        return {}
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

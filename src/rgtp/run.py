@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
@@ -20,7 +19,7 @@ import torch
 from torch import Tensor
 
 from rgtp.accounting import Accounting, count_preset
-from rgtp.build import build_model, build_runtime, load_weights
+from rgtp.build import build_model, build_runner, load_weights
 from rgtp.config import Preset, ViTDetConfig, ViViTConfig
 from rgtp.data.views import MEAN as VIVIT_MEAN
 from rgtp.data.views import STD as VIVIT_STD
@@ -29,8 +28,8 @@ from rgtp.io.video import VideoWriter, read_frames, video_info
 from rgtp.models.vitdet import PIXEL_MEAN, PIXEL_STD, preprocess_frame
 from rgtp.models.vivit import ViViT, predict_views
 from rgtp.progress import progress_bar
-from rgtp.pruning.schedule import FrameKind
-from rgtp.runtime import RGTPViViT
+from rgtp.runtime.driver import run_clip, stream
+from rgtp.timing import stopwatch
 
 __all__ = ["RunSummary", "run_video"]
 
@@ -146,24 +145,26 @@ def _run_vitdet(
 ) -> Iterator[dict[str, Any]]:
     cfg = preset.model
     assert isinstance(cfg, ViTDetConfig)
-    runtime = build_runtime(preset, model)
-    state = runtime.new_state()  # type: ignore[union-attr]
+    runtime = build_runner(preset, model)
     device = next(model.parameters()).device
-    for t, frame in enumerate(frames):
-        image, scale = preprocess_frame(torch.from_numpy(frame).to(device), cfg.img_size)
-        start = time.perf_counter()
-        result = runtime.step(image[None], state)  # type: ignore[union-attr]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        ms = (time.perf_counter() - start) * 1e3
-        gmacs = accounting.full_frame_gmacs if result.kind is FrameKind.FULL else accounting.pruned_frame_gmacs
+    inputs: list[tuple[np.ndarray, Tensor, float]] = []  # the frame being stepped: raw, input, scale
+
+    def images() -> Iterator[Tensor]:
+        for frame in frames:
+            image, scale = preprocess_frame(torch.from_numpy(frame).to(device), cfg.img_size)
+            inputs[:] = [(frame, image, scale)]
+            yield image[None]
+
+    for tick in stream(runtime, images(), timed=True):
+        result, (frame, image, scale) = tick.output, inputs[0]
+        gmacs = accounting.step_gmacs(result.kind)
         record: dict[str, Any] = {
-            "frame": t,
+            "frame": tick.index,
             "kind": result.kind.value,
             "kept": result.num_kept,
             "tokens": cfg.num_tokens,
-            "gmacs": round(float(gmacs or 0.0), 4),
-            "ms": round(ms, 2),
+            "gmacs": round(gmacs, 4),
+            "ms": round((tick.seconds or 0.0) * 1e3, 2),
             "weights": weights,
             "outputs": {
                 "features": {k: list(v.shape[1:]) for k, v in result.features.items()},
@@ -171,7 +172,7 @@ def _run_vitdet(
             },
         }
         if writer is not None:
-            writer.write(_annotate_vitdet(image, scale, frame.shape[:2], result, cfg, gmacs or 0.0, weights))
+            writer.write(_annotate_vitdet(image, scale, frame.shape[:2], result, cfg, gmacs, weights))
         yield record
 
 
@@ -267,24 +268,20 @@ def _run_vivit(
 ) -> Iterator[dict[str, Any]]:
     assert isinstance(model, ViViT)
     cfg = model.cfg
-    runtime = build_runtime(preset, model)
+    runtime = build_runner(preset, model)
     device = next(model.parameters()).device
     views = preset.views[0] * preset.views[1]
     names = class_names(cfg)
     step_gmacs = (accounting.clip_tmacs or 0.0) * 1e3 / (views * cfg.num_steps)  # mean per step and view
     for c, raw in enumerate(_segments(frames, segment_frames)):
         clip = make_views(np.stack(raw), cfg.num_frames, preset.temporal_stride, cfg.img_size, preset.views).to(device)
-        start = time.perf_counter()
-        if isinstance(runtime, RGTPViViT):
-            result = runtime.run_clip(clip)
-            logits, steps = result.logits, result.steps
-        else:
-            with torch.no_grad():
-                logits, steps = runtime(clip), []
-        ms = (time.perf_counter() - start) * 1e3
+        with stopwatch(device) as elapsed:
+            result = run_clip(runtime, clip)
+        logits, steps = result.logits, result.steps
+        ms = elapsed[0] * 1e3
         per_step_ms = ms / (cfg.num_steps * views)
-        kinds = [s.kind.value for s in steps] or ["full"] * cfg.num_steps
-        kept = [s.num_kept for s in steps] or [cfg.num_tokens] * cfg.num_steps
+        kinds = [s.kind.value for s in steps]
+        kept = [s.num_kept for s in steps]
         for t in range(cfg.num_steps):
             yield {
                 "clip": c,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rgtp.bench.methods import Variant, build_clip_runner, build_stepper
+from rgtp.bench.methods import Variant, build_variant
 from rgtp.config import Preset
 from rgtp.data.action import ActionDataset, preset_views
 from rgtp.data.detection import DetectionSet
@@ -31,6 +30,8 @@ from rgtp.metrics import coco_map
 from rgtp.models.vitdet import ViTDet, preprocess_frame
 from rgtp.models.vivit import ViViT, predict_views
 from rgtp.progress import progress_bar
+from rgtp.runtime.driver import run_clip, stream
+from rgtp.timing import stopwatch
 
 __all__ = ["ClipSet", "FrameSet", "evaluate_action", "evaluate_detection", "prepare_clips", "prepare_frames"]
 
@@ -67,18 +68,16 @@ def prepare_frames(data: DetectionSet, size: int, max_frames: int | None = None)
 
 
 def _detect_all(variant: Variant, model: ViTDet, frames: FrameSet, bar: Any) -> dict[str, Any]:
-    stepper = build_stepper(variant, model)
+    runner = build_variant(variant, model)
     predictions, kept, state_bytes = [], [], 0
     with MacCounter() as counter:
         for sequence in frames.sequences:
-            state = stepper.new_state()
-            for image, scale in sequence:
-                result = stepper.step(image[None], state)
-                det = result.detections[0]
+            for tick in stream(runner, (image[None] for image, _ in sequence)):
+                det, scale = tick.output.detections[0], sequence[tick.index][1]
                 boxes = (det.boxes.float() / scale).numpy()
                 predictions.append((boxes, det.scores.float().numpy(), det.labels.numpy()))
-                kept.append(result.num_kept)
-                state_bytes = max(state_bytes, state.nbytes())
+                kept.append(tick.output.num_kept)
+                state_bytes = max(state_bytes, tick.state_nbytes)
                 bar.update(1)
     n = frames.num_frames
     metrics = coco_map(frames.ground_truth, predictions, frames.classes)
@@ -96,14 +95,11 @@ def _detect_all(variant: Variant, model: ViTDet, frames: FrameSet, bar: Any) -> 
 
 def _time_frames(variant: Variant, model: ViTDet, frames: FrameSet, count: int) -> float:
     """Mean ms per frame over the first ``count`` frames of the first sequence(s), from a fresh state."""
-    stepper = build_stepper(variant, model)
+    runner = build_variant(variant, model)
     elapsed, done = 0.0, 0
     for sequence in frames.sequences:
-        state = stepper.new_state()
-        for image, _ in sequence[: count - done]:
-            start = time.perf_counter()
-            stepper.step(image[None], state)
-            elapsed += time.perf_counter() - start
+        for tick in stream(runner, (image[None] for image, _ in sequence[: count - done]), timed=True):
+            elapsed += tick.seconds or 0.0
             done += 1
         if done >= count:
             break
@@ -160,16 +156,16 @@ def prepare_clips(data: ActionDataset, preset: Preset, max_clips: int | None = N
 
 
 def _classify_all(variant: Variant, model: ViViT, clips: ClipSet, batch: int, bar: Any) -> dict[str, Any]:
-    runner = build_clip_runner(variant, model)
+    runner = build_variant(variant, model)
     correct, state_bytes = 0, 0
     with MacCounter() as counter:
         for start in range(0, len(clips), batch):
             x = clips.batch(start, start + batch)  # (clips * views, 3, T, H, W)
-            logits = model.classify(runner.spatial_features(x))  # (clips * views, classes + nouns)
-            probs = predict_views(model.split(logits)[0], clips.num_views)  # (clips, classes)
+            out = run_clip(runner, x)  # logits (clips * views, classes + nouns)
+            probs = predict_views(model.split(out.logits)[0], clips.num_views)  # (clips, classes)
             labels = torch.tensor(clips.labels[start : start + batch])
             correct += int((probs.argmax(-1) == labels).sum())
-            state_bytes = max(state_bytes, runner.last_state_nbytes // x.shape[0])  # per stream (one view)
+            state_bytes = max(state_bytes, out.state_nbytes // x.shape[0])  # per stream (one view)
             bar.update(probs.shape[0])
     n = len(clips)
     return {
@@ -183,13 +179,12 @@ def _classify_all(variant: Variant, model: ViViT, clips: ClipSet, batch: int, ba
 
 def _time_clips(variant: Variant, model: ViViT, clips: ClipSet, count: int) -> float:
     """Mean ms per clip (all its views) over the first ``count`` clips, one clip at a time (streaming)."""
-    runner = build_clip_runner(variant, model)
+    runner = build_variant(variant, model)
     inputs = [clips.batch(i, i + 1) for i in range(min(count, len(clips)))]
-    start = time.perf_counter()
-    with torch.no_grad():
+    with stopwatch(inputs[0].device if inputs else "cpu") as elapsed:
         for x in inputs:
-            model.classify(runner.spatial_features(x))
-    return 1e3 * (time.perf_counter() - start) / max(len(inputs), 1)
+            run_clip(runner, x)
+    return 1e3 * elapsed[0] / max(len(inputs), 1)
 
 
 def evaluate_action(

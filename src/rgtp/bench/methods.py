@@ -2,9 +2,9 @@
 
 A :class:`Variant` is one point of one method: RGTP and its ablations, the naive subsets and the MaskVD-style box
 tokens are :class:`~rgtp.config.RGTPConfig` variants that run through the same pipeline (same buffers, same
-schedule, only the choice of tokens or one ingredient differs); Eventful-style gating and ToMe-style merging have
-their own runtimes. Every runtime offers the same interface as the RGTP runtime of its model family, so the
-evaluation code does not know which method it runs.
+schedule, only the selector or one ingredient differs); Eventful-style gating and ToMe-style merging have their own
+configs. Every variant's runner is built through the method registry (:func:`~rgtp.runtime.methods.build_runner`)
+and follows the one runner contract, so the evaluation code does not know which method it runs.
 """
 
 from __future__ import annotations
@@ -14,20 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
-
 from rgtp.config import EventfulConfig, RGTPConfig, ToMeConfig
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
-from rgtp.runtime import DenseViTDet, RGTPViTDet, RGTPViViT
+from rgtp.runtime.methods import build_runner
 
 __all__ = [
     "ABLATIONS",
     "BASELINES",
     "Variant",
     "action_variants",
-    "build_clip_runner",
-    "build_stepper",
+    "build_variant",
     "detection_variants",
     "select_methods",
 ]
@@ -131,43 +128,7 @@ def select_methods(variants: Sequence[Variant], methods: Sequence[str] | None) -
     return [v for v in variants if v.method == "dense" or v.method.lower() in wanted]
 
 
-def build_stepper(variant: Variant, model: ViTDet) -> Any:
-    """The frame-by-frame runtime of a detection variant (``new_state()``, ``step(images, state)``)."""
-    from rgtp.runtime.eventful import EventfulViTDet
-    from rgtp.runtime.tome import ToMeViTDet
-
-    cfg, head = variant.config, model.detect
-    if cfg is None:
-        return DenseViTDet(model, head)
-    if isinstance(cfg, RGTPConfig):
-        return RGTPViTDet(model, cfg, head)
-    if isinstance(cfg, EventfulConfig):
-        return EventfulViTDet(model, cfg, head)
-    return ToMeViTDet(model, cfg, head)
-
-
-class _DenseClips:
-    """The dense ViViT behind the clip-runner interface."""
-
-    last_state_nbytes = 0
-
-    def __init__(self, model: ViViT) -> None:
-        self.model = model
-
-    def spatial_features(self, clip: Tensor) -> Tensor:
-        return self.model.spatial_features(clip)
-
-
-def build_clip_runner(variant: Variant, model: ViViT) -> Any:
-    """The clip runtime of an action variant (``spatial_features(clip)``, ``last_state_nbytes``)."""
-    from rgtp.runtime.eventful import EventfulViViT
-    from rgtp.runtime.tome import ToMeViViT
-
-    cfg = variant.config
-    if cfg is None:
-        return _DenseClips(model)
-    if isinstance(cfg, RGTPConfig):
-        return RGTPViViT(model, cfg)
-    if isinstance(cfg, EventfulConfig):
-        return EventfulViViT(model, cfg)
-    return ToMeViViT(model, cfg)
+def build_variant(variant: Variant, model: ViTDet | ViViT) -> Any:
+    """The runner of a variant on the task's model, built through the method registry (ViTDet: with its detector)."""
+    head = model.detect if isinstance(model, ViTDet) and model.head is not None else None
+    return build_runner(model, variant.config, head)

@@ -29,13 +29,15 @@ import numpy as np
 import torch
 
 from rgtp.accounting import count_preset
-from rgtp.build import ModelPool, build_runtime, with_weights_nouns
+from rgtp.build import ModelPool, build_runner, with_weights_nouns
 from rgtp.config import Preset, ViViTConfig, to_dict
 from rgtp.data.action import ActionClip, ActionDataError, ActionDataset, preset_views
 from rgtp.evaluation.dist import barrier, setup, shard
 from rgtp.evaluation.records import ResultLog, environment, write_results
 from rgtp.models.vivit import ViViT
 from rgtp.progress import progress_bar
+from rgtp.runtime.driver import run_clip
+from rgtp.timing import stopwatch
 
 __all__ = ["ActionResult", "action_table", "evaluate_action"]
 
@@ -96,12 +98,10 @@ def _topk(logits: torch.Tensor) -> tuple[list[int], list[float]]:
 def _classify(runtime: Any, model: ViViT, views: torch.Tensor, clip: ActionClip) -> dict[str, Any]:
     """Run one clip's views (one batch); its log record."""
     device = next(model.parameters()).device
-    start = time.perf_counter()
-    with torch.no_grad():
-        logits = runtime(views.to(device))  # (views, classes [+ nouns])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    views = views.to(device)
+    with stopwatch(device) as elapsed:
+        logits = run_clip(runtime, views).logits  # (views, classes [+ nouns])
+    seconds = elapsed[0]
     verb, noun = model.split(logits)
     top, prob = _topk(verb)
     record: dict[str, Any] = {"label": clip.label, "top": top, "prob": prob, "seconds": round(seconds, 5)}
@@ -148,7 +148,7 @@ def evaluate_action(
         p.name: ResultLog(out_dir / p.name, _header(task, p, weights_name, dataset, split), info.rank) for p in presets
     }
     done = {name: _finished(log) for name, log in logs.items()}
-    runtimes = {p.name: build_runtime(p, models.get(p)) for p in presets}
+    runtimes = {p.name: build_runner(p, models.get(p)) for p in presets}
     mine = [dataset[i] for i in shard(len(dataset), info)]
     todo = [c for c in mine if any(c.id not in done[p.name] for p in presets)]
     if len(todo) < len(mine):

@@ -13,7 +13,6 @@ scores the union.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -23,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgtp.accounting import count_preset
-from rgtp.build import ModelPool, build_runtime
+from rgtp.accounting import Accounting, count_preset
+from rgtp.build import ModelPool, build_runner
 from rgtp.config import Preset, ViTDetConfig, to_dict
 from rgtp.data.vid import VIDDataset, VIDFrame, VIDSequence, load_frame
 from rgtp.evaluation.dist import DistInfo, barrier, setup, shard
@@ -34,6 +33,7 @@ from rgtp.metrics import check_backend, coco_map
 from rgtp.models.vitdet import Detections, ViTDet, preprocess_frame
 from rgtp.progress import progress_bar
 from rgtp.pruning.schedule import FrameKind
+from rgtp.runtime.driver import stream
 
 __all__ = ["VIDResult", "evaluate_vid", "results_table"]
 
@@ -116,30 +116,32 @@ def _run_sequence(
     model: ViTDet,
     head: _CountingHead,
     sequence: VIDSequence,
-    gmacs: dict[FrameKind, float],
+    accounting: Accounting,
     neck_gmacs: float,
     device: torch.device,
     progress: Any,
 ) -> dict[str, Any]:
     """Run one sequence from a fresh state; returns its log record (detections in original-frame pixels)."""
-    state = runtime.new_state()
     head.count = True
-    frames = []
-    for frame, image, scale in _frames(sequence, model.cfg.img_size, device):
-        start = time.perf_counter()
-        result = runtime.step(image[None], state)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+    frames, scales = [], []
+
+    def images() -> Iterator[torch.Tensor]:
+        for frame, image, scale in _frames(sequence, model.cfg.img_size, device):
+            frames.append({"index": frame.index})
+            scales.append(scale)
+            yield image[None]
+
+    for tick in stream(runtime, images(), timed=True):
+        result, record, scale = tick.output, frames[tick.index], scales[tick.index]
         det = result.detections[0]
-        frames.append(
+        gmacs = accounting.step_gmacs(result.kind)
+        record.update(
             {
-                "index": frame.index,
                 "kind": result.kind.value,
                 "kept": result.num_kept,
-                "seconds": round(seconds, 5),
-                "gmacs": round(gmacs[result.kind], 4),
-                "detector_gmacs": round(gmacs[result.kind] + neck_gmacs + head.last_gmacs, 4),
+                "seconds": round(tick.seconds or 0.0, 5),
+                "gmacs": round(gmacs, 4),
+                "detector_gmacs": round(gmacs + neck_gmacs + head.last_gmacs, 4),
                 "boxes": (det.boxes.float() / scale).cpu().numpy().round(2).tolist(),
                 "scores": det.scores.float().cpu().numpy().round(5).tolist(),
                 "labels": det.labels.cpu().tolist(),
@@ -220,16 +222,14 @@ def _evaluate_preset(
     if len(todo) < len(mine):
         logger.info("%s: resuming, %d of %d sequences already done", preset.name, len(mine) - len(todo), len(mine))
     accounting = count_preset(preset)
-    gmacs = {FrameKind.FULL: accounting.full_frame_gmacs or 0.0}
-    gmacs[FrameKind.ROLLOUT] = gmacs[FrameKind.GRID] = accounting.pruned_frame_gmacs or gmacs[FrameKind.FULL]
     head = _CountingHead(model)
-    runtime = build_runtime(preset, model)
-    runtime.head = head  # type: ignore[union-attr]
+    runtime = build_runner(preset, model)
+    runtime.head = head
     neck = _neck_gmacs(preset.model)  # type: ignore[arg-type]
     bar = progress_bar(sum(len(s.frames) for s in todo), preset.name, progress and info.main)
     try:
         for sequence in todo:
-            log.append(sequence.name, _run_sequence(runtime, model, head, sequence, gmacs, neck, device, bar))
+            log.append(sequence.name, _run_sequence(runtime, model, head, sequence, accounting, neck, device, bar))
     finally:
         bar.close()
     barrier()

@@ -1,17 +1,27 @@
 """Transformer building blocks shared by ViTDet and ViViT (spec §2).
 
-The dense forward of a :class:`Block` is two residual lines. Its pieces (:meth:`Attention.attend`, :meth:`Block.mlp`)
-are public so that the RGTP runtime can run the same math on a subset of tokens without any pruning option living in
-the model.
+The dense forward of a :class:`Block` is two residual lines. Its pieces (``norm1``, :meth:`Block.qkv`, the attention
+math of :mod:`rgtp.models.attention`, :meth:`Block.proj`, ``norm2``, ``mlp``) form the block protocol of
+:mod:`rgtp.models.protocol`, so that the runtimes run the same math on a subset of tokens without any pruning option
+living in the model.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rgtp.models.attention import (
+    AttentionOutput,
+    AttentionSpec,
+    attend,
+    rel_pos_table,
+    rel_terms,
+    split_heads,
+    window_partition,
+    window_unpartition,
+)
 
 __all__ = [
     "Attention",
@@ -24,14 +34,6 @@ __all__ = [
     "window_partition",
     "window_unpartition",
 ]
-
-
-class AttentionOutput(NamedTuple):
-    """Result of :meth:`Attention.attend`."""
-
-    out: Tensor  # (B, Q, C) attention output before the projection
-    probs: Tensor | None  # (B, heads, Q, K) post-softmax probabilities, when requested (global attention only)
-    keys: Tensor | None  # (B, N, head_dim) keys averaged over heads, when requested
 
 
 class Mlp(nn.Module):
@@ -70,52 +72,6 @@ class ConvLN(nn.Conv2d):
         return self.norm(super().forward(x))
 
 
-def rel_pos_table(table: Tensor, size: int, resize: str = "table2d") -> Tensor:
-    """Relative position embeddings R[i, j] for i, j in [0, size): (2S - 1, d) -> (size, size, d).
-
-    R[i, j] = T[i - j + S - 1] for the stored length 2S - 1. When S != size: ``table2d`` gathers the S x S table
-    and resizes it bicubically as an image (the reference implementation; spec §2.5), ``linear1d`` resizes the 1-D
-    table linearly to 2 * size - 1 first (detectron2).
-    """
-    if resize not in ("table2d", "linear1d"):
-        raise ValueError(f"unknown relative-position resize {resize!r}; expected 'table2d' or 'linear1d'")
-    stored = (table.shape[0] + 1) // 2
-    if resize == "linear1d" and stored != size:
-        table = F.interpolate(table.T[None], size=2 * size - 1, mode="linear")[0].T  # (2*size - 1, d)
-        stored = size
-    idx = torch.arange(stored, device=table.device)
-    rel = table[idx[:, None] - idx[None, :] + stored - 1]  # (S, S, d)
-    if stored == size:
-        return rel
-    rel = F.interpolate(rel.permute(2, 0, 1)[None], size=(size, size), mode="bicubic", align_corners=False)
-    return rel[0].permute(1, 2, 0)  # (size, size, d)
-
-
-def window_partition(x: Tensor, window: int, fill: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
-    """Split a (B, H, W, C) grid into windows -> ((B * nW, window², C), (Hp, Wp)).
-
-    The grid is padded bottom/right to multiples of ``window`` with the (C,) vector ``fill`` (zeros if None).
-    """
-    b, h, w, c = x.shape
-    hp, wp = -(-h // window) * window, -(-w // window) * window
-    if (hp, wp) != (h, w):
-        pad = x.new_zeros(c) if fill is None else fill.to(x.dtype)
-        canvas = pad.expand(b, hp, wp, c).clone()  # (B, Hp, Wp, C)
-        canvas[:, :h, :w] = x
-        x = canvas
-    x = x.view(b, hp // window, window, wp // window, window, c)  # (B, nH, w, nW, w, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c), (hp, wp)
-
-
-def window_unpartition(x: Tensor, window: int, padded: tuple[int, int], grid: tuple[int, int]) -> Tensor:
-    """Inverse of :func:`window_partition`: (B * nW, window², C) -> (B, H, W, C), cropping the padding."""
-    hp, wp = padded
-    b = x.shape[0] // ((hp // window) * (wp // window))
-    x = x.view(b, hp // window, wp // window, window, window, -1)  # (B, nH, nW, w, w, C)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)  # (B, Hp, Wp, C)
-    return x[:, : grid[0], : grid[1]]
-
-
 class Attention(nn.Module):
     """Multi-head self-attention with optional windows and decomposed relative positions (ViTDet style).
 
@@ -145,11 +101,22 @@ class Attention(nn.Module):
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size - 1, self.head_dim))
         self.use_rel_pos = bool(rel_pos_size)
 
+    @property
+    def spec(self) -> AttentionSpec:
+        """The parameters :func:`~rgtp.models.attention.attend` needs (references, not copies)."""
+        return AttentionSpec(
+            self.num_heads,
+            self.scale,
+            self.window_size,
+            self.rel_pos_h if self.use_rel_pos else None,
+            self.rel_pos_w if self.use_rel_pos else None,
+            self.rel_pos_resize,
+            self.qkv.bias,
+        )
+
     def split_heads(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, n, 3C) -> q, k, v, each (B, heads, n, head_dim)."""
-        b, n, _ = qkv.shape
-        qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, n, d)
-        return qkv[0], qkv[1], qkv[2]
+        return split_heads(qkv, self.num_heads)
 
     def attend(
         self,
@@ -159,78 +126,13 @@ class Attention(nn.Module):
         need_probs: bool = False,
         need_keys: bool = False,
     ) -> AttentionOutput:
-        """Attention of the queries ``query_idx`` (all if None) over all N keys and values.
-
-        Args:
-            qkv: (B, N, 3C) projected tokens of the whole grid (N = H * W, plus nothing else) or sequence.
-            grid: (H, W) token grid, needed for windows and relative positions.
-            query_idx: (B, Q) raster indices of the queries to compute, or None for all N.
-            need_probs: also return the post-softmax probabilities (global attention only).
-            need_keys: also return the head-averaged keys (B, N, head_dim).
-
-        Returns:
-            :class:`AttentionOutput` with ``out`` of shape (B, Q, C).
-        """
-        keys = None
-        if need_keys:
-            keys = self.split_heads(qkv)[1].mean(dim=1)  # (B, N, d)
-        if self.window_size:
-            if need_probs:
-                raise ValueError("attention probabilities are only recorded for global attention")
-            out = self._windowed(qkv, grid)  # (B, N, C): windows always run in full
-            if query_idx is not None:
-                out = out.gather(1, query_idx[..., None].expand(-1, -1, out.shape[-1]))  # (B, Q, C)
-            return AttentionOutput(out, None, keys)
-        out, probs = self._global(qkv, grid, query_idx)
-        return AttentionOutput(out, probs if need_probs else None, keys)
-
-    def _global(self, qkv: Tensor, grid: tuple[int, int] | None, query_idx: Tensor | None) -> tuple[Tensor, Tensor]:
-        q, k, v = self.split_heads(qkv)  # (B, h, N, d) each
-        if query_idx is not None:
-            q = q.gather(2, query_idx[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))  # (B, h, Q, d)
-        logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, Q, N)
-        if self.use_rel_pos:
-            if grid is None:
-                raise ValueError("relative positions need the token grid")
-            logits = self._add_rel_pos(logits, q, grid, query_idx)
-        probs = logits.softmax(dim=-1)
-        out = probs @ v  # (B, h, Q, d)
-        b, h, nq, d = out.shape
-        return out.transpose(1, 2).reshape(b, nq, h * d), probs  # (B, Q, C)
-
-    def _windowed(self, qkv: Tensor, grid: tuple[int, int] | None) -> Tensor:
-        if grid is None:
-            raise ValueError("windowed attention needs the token grid")
-        b, n, c3 = qkv.shape
-        ws = self.window_size
-        # Pad with the qkv of a zero token (the bias): the same as padding the normalised input with zeros.
-        windows, padded = window_partition(qkv.view(b, grid[0], grid[1], c3), ws, self.qkv.bias)  # (B*nW, ws², 3C)
-        out, _ = self._global(windows, (ws, ws), None)  # (B * nW, ws², C)
-        return window_unpartition(out, ws, padded, grid).reshape(b, n, -1)  # (B, N, C)
+        """Attention of the queries ``query_idx`` (all if None) over all N keys and values (see
+        :func:`~rgtp.models.attention.attend`)."""
+        return attend(self.spec, qkv, grid, query_idx, need_probs, need_keys)
 
     def rel_terms(self, q: Tensor, grid: tuple[int, int], query_idx: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Decomposed relative-position terms of the queries q (B, h, Q, d) (unscaled), at raster positions
-        ``query_idx`` (B, Q) or at every cell: (B, h, Q, H) added to every key row, (B, h, Q, W) to every column."""
-        gh, gw = grid
-        rh = rel_pos_table(self.rel_pos_h, gh, self.rel_pos_resize)  # (H, H, d)
-        rw = rel_pos_table(self.rel_pos_w, gw, self.rel_pos_resize)  # (W, W, d)
-        b, h, nq, d = q.shape
-        if query_idx is None:
-            r_q = q.reshape(b, h, gh, gw, d)  # (B, h, H, W, d)
-            rel_h = torch.einsum("bhyxd,ykd->bhyxk", r_q, rh).reshape(b, h, nq, gh)  # (B, h, Q, H)
-            rel_w = torch.einsum("bhyxd,xkd->bhyxk", r_q, rw).reshape(b, h, nq, gw)  # (B, h, Q, W)
-            return rel_h, rel_w
-        qy, qx = query_idx // gw, query_idx % gw  # (B, Q)
-        return torch.einsum("bhqd,bqkd->bhqk", q, rh[qy]), torch.einsum("bhqd,bqkd->bhqk", q, rw[qx])
-
-    def _add_rel_pos(self, logits: Tensor, q: Tensor, grid: tuple[int, int], query_idx: Tensor | None) -> Tensor:
-        """logits[q, k] += <q, Rh[qy, ky]> + <q, Rw[qx, kx]> (unscaled q), for Q queries: (B, h, Q, N)."""
-        gh, gw = grid
-        b, h, nq, _ = q.shape
-        rel_h, rel_w = self.rel_terms(q, grid, query_idx)  # (B, h, Q, H), (B, h, Q, W)
-        grid_logits = logits.view(b, h, nq, gh, gw)  # (B, h, Q, H, W); in place: no new (B, h, Q, N) tensors
-        grid_logits.add_(rel_h[..., :, None]).add_(rel_w[..., None, :])
-        return logits
+        """Decomposed relative-position terms (see :func:`~rgtp.models.attention.rel_terms`)."""
+        return rel_terms(self.spec, q, grid, query_idx)
 
 
 class Block(nn.Module):
@@ -254,6 +156,19 @@ class Block(nn.Module):
     @property
     def is_global(self) -> bool:
         return self.attn.window_size == 0
+
+    # The block protocol (rgtp.models.protocol.BlockOps): norm1, norm2 and mlp are the modules themselves.
+    @property
+    def spec(self) -> AttentionSpec:
+        return self.attn.spec
+
+    def qkv(self, h: Tensor) -> Tensor:
+        """(B, n, C) normalised tokens -> (B, n, 3C)."""
+        return self.attn.qkv(h)
+
+    def proj(self, a: Tensor) -> Tensor:
+        """(B, n, C) attention output -> (B, n, C), what the first residual adds."""
+        return self.attn.proj(a)
 
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
         """(B, N, C) -> (B, N, C)."""

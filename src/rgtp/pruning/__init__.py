@@ -6,15 +6,17 @@
   key-similarity matching of pruned tokens.
 - :mod:`rgtp.pruning.merge`: ToMe-style bipartite soft matching, size-weighted merging and unmerging (baseline).
 - :mod:`rgtp.pruning.schedule`: which kind of frame step t is.
-- :mod:`rgtp.pruning.state`: :class:`StreamState`, everything that carries across frames.
+- :mod:`rgtp.pruning.state`: :class:`StreamState`, the base of every method's per-stream state, and
+  :class:`RGTPState`, everything RGTP carries across frames.
 """
 
 from rgtp.pruning.merge import TokenGroups, bipartite_soft_matching, merge_tokens, unmerge_tokens
 from rgtp.pruning.schedule import FrameKind, frame_kind
-from rgtp.pruning.state import StreamState
+from rgtp.pruning.state import RGTPState, StreamState
 
 __all__ = [
     "FrameKind",
+    "RGTPState",
     "StreamState",
     "TokenGroups",
     "bipartite_soft_matching",

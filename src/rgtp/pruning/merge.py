@@ -56,27 +56,29 @@ def init_groups(batch: int, num_tokens: int, device: torch.device | str, dtype: 
     return TokenGroups(source, torch.ones(batch, num_tokens, device=device, dtype=dtype))
 
 
-def bipartite_soft_matching(metric: Tensor, r: int, protect_first: bool = False) -> tuple[Tensor, int]:
+def bipartite_soft_matching(metric: Tensor, r: int, protect: int = 0) -> tuple[Tensor, int]:
     """Choose ``r`` merges per item by bipartite soft matching on ``metric``.
 
     Args:
         metric: (B, n, d) per-token features to compare (cosine similarity), e.g. keys averaged over heads.
-        r: merges wanted; capped at half of the mergeable tokens (a protected first token is not mergeable).
-        protect_first: never merge token 0 (a class token) away. It keeps index 0 in the output.
+        r: merges wanted; capped at half of the mergeable tokens (protected tokens are not mergeable).
+        protect: the leading tokens (a class token, registers) that are never merged away and never receive a
+            merge. They keep their indices in the output.
 
     Returns:
         (assign, m): ``assign`` (B, n) int64 with values in [0, m), the merged token each token goes into; ``m`` the
         number of merged tokens (n - r after capping). With nothing to merge, the identity and n.
     """
     b, n, _ = metric.shape
-    r = min(r, max_merge(n - int(protect_first)))
+    r = min(r, max_merge(n - protect))
     if r <= 0:
         return torch.arange(n, device=metric.device).expand(b, n), n
     unit = F.normalize(metric, dim=-1)  # (B, n, d)
     set_a, set_b = unit[:, 0::2], unit[:, 1::2]  # (B, ceil(n/2), d), (B, floor(n/2), d)
     scores = set_a @ set_b.transpose(1, 2)  # (B, nA, nB) cosine similarities
-    if protect_first:
-        scores[:, 0] = -torch.inf  # the protected token is A's first: never chosen
+    if protect:
+        scores[:, : (protect + 1) // 2] = -torch.inf  # protected A tokens (even indices): never merged away
+        scores[:, :, : protect // 2] = -torch.inf  # protected B tokens (odd indices): never a partner
     partner = scores.argmax(dim=-1)  # (B, nA): best B token of each A token, lowest index on ties
     best = scores.gather(-1, partner[..., None])[..., 0]  # (B, nA)
     order = best.argsort(dim=-1, descending=True, stable=True)  # (B, nA): most similar first, lowest index on ties

@@ -8,11 +8,14 @@ __all__ = ["FrameKind", "frame_kind"]
 
 
 class FrameKind(str, Enum):
-    """How step t of a stream is processed."""
+    """How step t of a stream was processed (every method reports one of these)."""
 
     FULL = "full"  # every token runs through every block; buffers are refreshed
     GRID = "grid"  # a fixed grid pattern of tokens is kept (ViViT reset steps)
     ROLLOUT = "rollout"  # the warped importance of step t-1 chooses the kept tokens
+    PRUNED = "pruned"  # another selector (uniform, random, box tokens, a caller's) chooses the kept tokens
+    GATED = "gated"  # Eventful-style gates recompute the most changed tokens; the others reuse buffers
+    MERGED = "merged"  # ToMe-style merging leaves fewer tokens in later blocks
 
 
 def frame_kind(t: int, reset_every: int | None, reset_mode: str) -> FrameKind:

@@ -1,56 +1,53 @@
-"""The per-stream state: everything RGTP carries from one frame to the next, and nothing else does."""
+"""Per-stream state: :class:`StreamState`, the base every method's state derives from, and RGTP's own state.
+
+A state holds everything one method carries from one step of a stream (or of a lockstep batch of streams) to the
+next, and nothing else does: runners are stateless, so one runner serves any number of streams. The base handles
+what every state needs: :meth:`~StreamState.reset` between videos, :meth:`~StreamState.nbytes` for memory
+accounting and :meth:`~StreamState.to` for devices, generically over the dataclass fields (tensors, optional tensors
+and dicts of tensors).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["StreamState"]
+__all__ = ["RGTPState", "StreamState"]
 
 
 @dataclass
 class StreamState:
-    """What carries across frames of one stream (or a batch of streams stepped in lockstep).
+    """The base of every per-stream state: the index ``t`` of the next step, plus a method's own fields.
 
-    Attributes:
-        t: index of the next step.
-        importance: (B, N) heatmap of step t-1, summing to 1 per stream.
-        features: (B, N, C) patch embeddings of step t-1, before the position encoding (used for tracking).
-        qkv: per block index, the (B, N, 3C) qkv buffer (rows of pruned tokens hold their last computed value).
-        output: (B, N, C) buffered output of the last block (ViTDet), the dense grid the neck reads.
-        attn_rows: per global block index, the (B, n, n) fused attention rows used by the rollout
-            (n = N, or N / pool**2 for the pooled rollout).
+    A method without temporal state (dense, ToMe) uses this class as it is.
     """
 
     t: int = 0
-    importance: Tensor | None = None
-    features: Tensor | None = None
-    qkv: dict[int, Tensor] = field(default_factory=dict)
-    output: Tensor | None = None
-    attn_rows: dict[int, Tensor] = field(default_factory=dict)
 
     def reset(self) -> None:
         """Forget everything: the next step is step 0 of a new video."""
-        self.t = 0
-        self.importance = None
-        self.features = None
-        self.qkv.clear()
-        self.output = None
-        self.attn_rows.clear()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                value.clear()  # in place: no stale tensor survives through a reference to the dict
+            elif f.default_factory is not dataclasses.MISSING:
+                setattr(self, f.name, f.default_factory())
+            else:
+                setattr(self, f.name, f.default)
 
     def tensors(self) -> dict[str, Tensor]:
-        """All tensors held, by name (for inspection and memory accounting)."""
+        """All tensors held, by name (``field`` or ``field.key`` for dicts): for inspection and memory accounting."""
         named: dict[str, Tensor] = {}
-        if self.importance is not None:
-            named["importance"] = self.importance
-        if self.features is not None:
-            named["features"] = self.features
-        if self.output is not None:
-            named["output"] = self.output
-        named.update({f"qkv.{i}": v for i, v in self.qkv.items()})
-        named.update({f"attn_rows.{i}": v for i, v in self.attn_rows.items()})
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                named[f.name] = value
+            elif isinstance(value, dict):
+                named.update({f"{f.name}.{k}": v for k, v in value.items() if isinstance(v, Tensor)})
         return named
 
     def nbytes(self) -> int:
@@ -59,12 +56,37 @@ class StreamState:
 
     def to(self, device: torch.device | str) -> StreamState:
         """Move every tensor to ``device`` (in place); returns self."""
-        if self.importance is not None:
-            self.importance = self.importance.to(device)
-        if self.features is not None:
-            self.features = self.features.to(device)
-        if self.output is not None:
-            self.output = self.output.to(device)
-        self.qkv = {i: v.to(device) for i, v in self.qkv.items()}
-        self.attn_rows = {i: v.to(device) for i, v in self.attn_rows.items()}
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _to(getattr(self, f.name), device))
         return self
+
+
+def _to(value: Any, device: torch.device | str) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class RGTPState(StreamState):
+    """What RGTP carries across the steps of one stream.
+
+    Attributes:
+        t: index of the next step.
+        importance: (B, N) heatmap of step t-1, summing to 1 per stream (what guides step t).
+        features: (B, N, C) patch embeddings of step t-1, before the position encoding (used for tracking).
+        qkv: per block index, the (B, N, 3C) qkv buffer of grid models (rows of pruned tokens hold their last
+            computed value).
+        outputs: per block index, the (B, N, C) buffered output a model's outputs read (grid models: the last
+            block's grid for the neck; class-token models with dense outputs: the last block's P + N tokens).
+        attn_rows: per global block index, the (B, n, n) fused attention rows of grid models' rollout
+            (n = N, or N / pool**2 for the pooled rollout).
+    """
+
+    importance: Tensor | None = None
+    features: Tensor | None = None
+    qkv: dict[int, Tensor] = field(default_factory=dict)
+    outputs: dict[int, Tensor] = field(default_factory=dict)
+    attn_rows: dict[int, Tensor] = field(default_factory=dict)

@@ -1,22 +1,50 @@
-"""The RGTP per-frame loops on our models: :class:`RGTPViTDet` (detection) and :class:`RGTPViViT` (action)."""
+"""Every per-frame method behind one runner contract (:mod:`rgtp.runtime.contract`), on every model family.
 
-from rgtp.runtime.eventful import EventfulState, EventfulViTDet, EventfulViViT
-from rgtp.runtime.tome import ToMeState, ToMeViTDet, ToMeViViT
-from rgtp.runtime.vitdet import DenseViTDet, Detections, FrameResult, RGTPViTDet
-from rgtp.runtime.vivit import ClipResult, RGTPViViT, StepResult
+- :mod:`~rgtp.runtime.grid_loop`, :mod:`~rgtp.runtime.cls_loop`: RGTP's per-frame loops on grid models (ViTDet) and
+  class-token models (ViViT's spatial encoder, ViT, DINOv2, CLIP);
+- :mod:`~rgtp.runtime.selectors`: what chooses the kept tokens (the rollout, and the baselines' selections);
+- :mod:`~rgtp.runtime.dense`, :mod:`~rgtp.runtime.eventful`, :mod:`~rgtp.runtime.tome`: the dense model and the
+  comparison methods behind the same contract;
+- :mod:`~rgtp.runtime.methods`: the method registry and :func:`build_runner`;
+- :mod:`~rgtp.runtime.driver`: :func:`stream` and :func:`run_clip`, the one loop over frames.
+"""
+
+from rgtp.models.frcnn import Detections
+from rgtp.runtime.cls_loop import RGTPClass
+from rgtp.runtime.contract import ClassStep, GridStep, Runner, StepOutput
+from rgtp.runtime.dense import DenseClass, DenseGrid
+from rgtp.runtime.driver import ClipOutput, Tick, run_clip, stream
+from rgtp.runtime.eventful import EventfulClass, EventfulGrid, EventfulState
+from rgtp.runtime.grid_loop import RGTPGrid
+from rgtp.runtime.methods import METHODS, build_runner, method_name, register_method
+from rgtp.runtime.selectors import SELECTORS, ForcedSelector, Selector, register_selector
+from rgtp.runtime.tome import ToMeClass, ToMeGrid
 
 __all__ = [
-    "ClipResult",
-    "DenseViTDet",
+    "METHODS",
+    "SELECTORS",
+    "ClassStep",
+    "ClipOutput",
+    "DenseClass",
+    "DenseGrid",
     "Detections",
+    "EventfulClass",
+    "EventfulGrid",
     "EventfulState",
-    "EventfulViTDet",
-    "EventfulViViT",
-    "FrameResult",
-    "RGTPViTDet",
-    "RGTPViViT",
-    "StepResult",
-    "ToMeState",
-    "ToMeViTDet",
-    "ToMeViViT",
+    "ForcedSelector",
+    "GridStep",
+    "RGTPClass",
+    "RGTPGrid",
+    "Runner",
+    "Selector",
+    "StepOutput",
+    "Tick",
+    "ToMeClass",
+    "ToMeGrid",
+    "build_runner",
+    "method_name",
+    "register_method",
+    "register_selector",
+    "run_clip",
+    "stream",
 ]

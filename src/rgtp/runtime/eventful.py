@@ -1,4 +1,4 @@
-"""The Eventful Transformers baseline (spec §9, token-wise gating) on our ViTDet and ViViT, frame by frame.
+"""The Eventful Transformers baseline (spec §9, token-wise gating) on any model of the block protocol, frame by frame.
 
 Every block has three gates: before qkv (on LN1(x)), before the projection (on the attention output) and before the
 MLP (on LN2(x)). A gate keeps a reference p of its input c; at a gated step it computes the error e = c - p, picks
@@ -29,13 +29,12 @@ math and (re)initialise every reference and buffer. MAC accounting: the gate err
 the error norms and top-k, and the delta/accumulation arithmetic of the incremental A·V, are in ``scope("rgtp")``
 (method overhead); the gated linear ops, attention and the incremental QKᵀ / A·V products are backbone MACs.
 
-ViViT: each batch item is an independent stream over the tubelet steps of the spatial encoder; the class token is
-always recomputed by every gate, on top of the k patch tokens (k counts patch tokens only).
+Class-token models (ViViT's spatial encoder over tubelet steps, ViT, DINOv2, CLIP): each batch item is an independent
+stream; the prefix tokens are always recomputed by every gate, on top of the k patch tokens (k counts patch tokens).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,20 +43,19 @@ from torch import Tensor
 
 from rgtp.config import EventfulConfig
 from rgtp.flops import scope
-from rgtp.models.layers import Attention, Block
-from rgtp.models.vitdet import ViTDet
-from rgtp.models.vivit import ViViT
+from rgtp.models.attention import AttentionSpec, attend, rel_terms, split_heads
+from rgtp.models.protocol import BlockOps, ClassModel, GridModel
 from rgtp.pruning.schedule import FrameKind
+from rgtp.pruning.state import StreamState
 from rgtp.runtime.common import gather_tokens, scatter_rows_
-from rgtp.runtime.vitdet import DenseViTDet, DetectionHead, FrameResult
+from rgtp.runtime.contract import ClassStep, GridStep
+from rgtp.runtime.grid_loop import DetectionHead, GridRunner
 
-__all__ = ["EventfulState", "EventfulViTDet", "EventfulViViT"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["EventfulClass", "EventfulGrid", "EventfulState"]
 
 
 @dataclass
-class EventfulState:
+class EventfulState(StreamState):
     """What the Eventful baseline carries from one step to the next for one stream (or a lockstep batch of them).
 
     Attributes:
@@ -69,49 +67,22 @@ class EventfulState:
             ``qk_av`` the A-gate reference ``attn_ref`` (B, h, N, N) and the product ``av`` (B, h, N, d).
     """
 
-    t: int = 0
     references: dict[str, Tensor] = field(default_factory=dict)
     accumulators: dict[str, Tensor] = field(default_factory=dict)
     attention: dict[str, Tensor] = field(default_factory=dict)
 
-    def reset(self) -> None:
-        """Forget everything: the next step is step 0 of a new video (a dense step)."""
-        self.t = 0
-        self.references.clear()
-        self.accumulators.clear()
-        self.attention.clear()
-
-    def tensors(self) -> dict[str, Tensor]:
-        """All tensors held, by name (for inspection and memory accounting)."""
-        named = {f"references.{k}": v for k, v in self.references.items()}
-        named.update({f"accumulators.{k}": v for k, v in self.accumulators.items()})
-        named.update({f"attention.{k}": v for k, v in self.attention.items()})
-        return named
-
-    def nbytes(self) -> int:
-        """Bytes held by the state's tensors."""
-        return sum(v.numel() * v.element_size() for v in self.tensors().values())
-
-    def to(self, device: torch.device | str) -> EventfulState:
-        """Move every tensor to ``device`` (in place); returns self."""
-        for buffers in (self.references, self.accumulators, self.attention):
-            for k, v in buffers.items():
-                buffers[k] = v.to(device)
-        return self
-
 
 class _GatedBlocks:
-    """The gated forward of transformer blocks, shared by the ViTDet and ViViT runtimes.
+    """The gated forward of transformer blocks (the block protocol), shared by the grid and class-token runners.
 
     Args:
         cfg: the baseline's settings.
-        k: tokens each gate recomputes (among the patch tokens).
-        always: leading rows every gate recomputes regardless of their error (1 for a class token, else 0).
-        grid: the token grid (ViTDet; needed for windows and relative positions), or None (ViViT).
+        always: leading rows every gate recomputes regardless of their error (the prefix tokens: class token,
+            registers).
     """
 
-    def __init__(self, cfg: EventfulConfig, k: int, always: int, grid: tuple[int, int] | None) -> None:
-        self.cfg, self.k, self.always, self.grid = cfg, k, always, grid
+    def __init__(self, cfg: EventfulConfig, always: int) -> None:
+        self.cfg, self.always = cfg, always
 
     def is_dense(self, t: int) -> bool:
         """Whether step ``t`` runs dense and refreshes every reference and buffer."""
@@ -119,32 +90,35 @@ class _GatedBlocks:
         return t == 0 or (every is not None and t % every == 0)
 
     def block(
-        self, blk: Block, i: int, x: Tensor, state: EventfulState, dense: bool
+        self, blk: BlockOps, i: int, x: Tensor, state: EventfulState, k: int | None, grid: tuple[int, int] | None
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """One gated block: (B, N, C) -> (B, N, C), with the qkv gate's rows (B, K) and error norms (B, n) or None."""
+        """One gated block: (B, N, C) -> (B, N, C), with the qkv gate's rows (B, K) and error norms (B, n) or None.
+
+        ``k``: patch tokens each gate recomputes, None on dense steps (every row, every reference and buffer
+        refreshed); ``grid``: the token grid (for windows and relative positions) or None."""
         n1 = blk.norm1(x)
-        idx, scores = self._select(state, f"{i}.qkv", n1, dense)
+        idx, scores = self._select(state, f"{i}.qkv", n1, k)
         old_v = None
-        if idx is not None and self._incremental(blk) and self.cfg.global_attention == "qk_av":
+        if idx is not None and self._incremental(blk.spec) and self.cfg.global_attention == "qk_av":
             c = x.shape[-1]
             old_v = gather_tokens(state.accumulators[f"{i}.qkv"][..., 2 * c :], idx)  # (B, K, C): V_ref rows
-        qkv = self._run(state, f"{i}.qkv", blk.attn.qkv, n1, idx)  # (B, N, 3C) accumulated
-        att = self._attention(blk, i, qkv, idx, old_v, state)  # (B, N, C)
-        proj_idx, _ = self._select(state, f"{i}.proj", att, dense)
-        x = x + self._run(state, f"{i}.proj", blk.attn.proj, att, proj_idx)
+        qkv = self._run(state, f"{i}.qkv", blk.qkv, n1, idx)  # (B, N, 3C) accumulated
+        att = self._attention(blk.spec, i, qkv, idx, old_v, state, grid)  # (B, N, C)
+        proj_idx, _ = self._select(state, f"{i}.proj", att, k)
+        x = x + self._run(state, f"{i}.proj", blk.proj, att, proj_idx)
         n2 = blk.norm2(x)
-        mlp_idx, _ = self._select(state, f"{i}.mlp", n2, dense)
+        mlp_idx, _ = self._select(state, f"{i}.mlp", n2, k)
         x = x + self._run(state, f"{i}.mlp", blk.mlp, n2, mlp_idx)
         return x, idx, scores
 
-    def _incremental(self, blk: Block) -> bool:
-        return blk.is_global and self.cfg.global_attention != "dense"
+    def _incremental(self, spec: AttentionSpec) -> bool:
+        return spec.is_global and self.cfg.global_attention != "dense"
 
-    def _select(self, state: EventfulState, name: str, c: Tensor, dense: bool) -> tuple[Tensor | None, Tensor | None]:
+    def _select(self, state: EventfulState, name: str, c: Tensor, k: int | None) -> tuple[Tensor | None, Tensor | None]:
         """The gate ``name`` on its input c (B, N, C): rows to recompute (B, always + k), ascending, and the error
         norms of the patch rows (B, N - always); (None, None) when every row is recomputed (dense steps, k = N)."""
         b, n = c.shape[:2]
-        if dense or self.k >= n - self.always:
+        if k is None or k >= n - self.always:
             state.references[name] = c.clone()  # a private copy: buffers are updated in place later
             return None, None
         ref = state.references.get(name)
@@ -154,7 +128,7 @@ class _GatedBlocks:
         with scope("rgtp"):
             err = torch.add(c[:, a:], ref[:, a:], alpha=-1)  # (B, n - a, C) e = c - p, an add the counter counts
             scores = torch.linalg.vector_norm(err, dim=-1)  # (B, n - a)
-            idx = scores.topk(self.k, dim=-1, sorted=False).indices.sort(dim=-1).values + a  # (B, k)
+            idx = scores.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values + a  # (B, k)
         if a:
             head = torch.arange(a, device=idx.device).expand(b, -1)  # (B, a)
             idx = torch.cat([head, idx], dim=1)  # (B, a + k)
@@ -171,45 +145,58 @@ class _GatedBlocks:
         return scatter_rows_(state.accumulators[name], idx, op(gather_tokens(c, idx)))
 
     def _attention(
-        self, blk: Block, i: int, qkv: Tensor, idx: Tensor | None, old_v: Tensor | None, state: EventfulState
+        self,
+        spec: AttentionSpec,
+        i: int,
+        qkv: Tensor,
+        idx: Tensor | None,
+        old_v: Tensor | None,
+        state: EventfulState,
+        grid: tuple[int, int] | None,
     ) -> Tensor:
         """Attention output of every token from the accumulated qkv (B, N, 3C) -> (B, N, C)."""
-        attn = blk.attn
-        if not self._incremental(blk):
-            return attn.attend(qkv, self.grid).out
-        q, k, v = attn.split_heads(qkv)  # (B, h, N, d) each
-        probs = self._logits(attn, i, q, k, idx, state).softmax(dim=-1)  # (B, h, N, N)
+        if not self._incremental(spec):
+            return attend(spec, qkv, grid).out
+        q, k, v = split_heads(qkv, spec.num_heads)  # (B, h, N, d) each
+        probs = self._logits(spec, i, q, k, idx, state, grid).softmax(dim=-1)  # (B, h, N, N)
         incremental_av = self.cfg.global_attention == "qk_av"
         out = self._product(i, probs, v, idx, old_v, state) if incremental_av else probs @ v  # (B, h, N, d)
         b, h, n, d = out.shape
         return out.transpose(1, 2).reshape(b, n, h * d)  # (B, N, C)
 
     def _logits(
-        self, attn: Attention, i: int, q: Tensor, k: Tensor, idx: Tensor | None, state: EventfulState
+        self,
+        spec: AttentionSpec,
+        i: int,
+        q: Tensor,
+        k: Tensor,
+        idx: Tensor | None,
+        state: EventfulState,
+        grid: tuple[int, int] | None,
     ) -> Tensor:
         """Attention logits (B, h, N, N) from the QKᵀ buffer, refreshed at rows and columns ``idx`` (all if None)."""
         buf = state.attention
         if idx is None:
-            buf[f"{i}.qk"] = (q * attn.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
-            if attn.use_rel_pos:
-                buf[f"{i}.rel_h"], buf[f"{i}.rel_w"] = attn.rel_terms(q, self._grid(), None)
+            buf[f"{i}.qk"] = (q * spec.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
+            if spec.use_rel_pos:
+                buf[f"{i}.rel_h"], buf[f"{i}.rel_w"] = rel_terms(spec, q, _needs(grid), None)
         else:
             b, h, n, d = q.shape
             rows = idx[:, None, :, None]  # (B, 1, K, 1)
             q_rows = q.gather(2, rows.expand(-1, h, -1, d))  # (B, h, K, d)
             k_rows = k.gather(2, rows.expand(-1, h, -1, d))  # (B, h, K, d)
             qk = buf[f"{i}.qk"]
-            qk.scatter_(2, rows.expand(-1, h, -1, n), (q_rows * attn.scale) @ k.transpose(-2, -1))  # rows (B,h,K,N)
+            qk.scatter_(2, rows.expand(-1, h, -1, n), (q_rows * spec.scale) @ k.transpose(-2, -1))  # rows (B,h,K,N)
             cols = idx[:, None, None, :].expand(-1, h, n, -1)  # (B, h, N, K)
-            qk.scatter_(3, cols, (q * attn.scale) @ k_rows.transpose(-2, -1))  # columns (B, h, N, K)
-            if attn.use_rel_pos:
-                rel_h, rel_w = attn.rel_terms(q_rows, self._grid(), idx)  # (B, h, K, H), (B, h, K, W)
+            qk.scatter_(3, cols, (q * spec.scale) @ k_rows.transpose(-2, -1))  # columns (B, h, N, K)
+            if spec.use_rel_pos:
+                rel_h, rel_w = rel_terms(spec, q_rows, _needs(grid), idx)  # (B, h, K, H), (B, h, K, W)
                 buf[f"{i}.rel_h"].scatter_(2, rows.expand(-1, h, -1, rel_h.shape[-1]), rel_h)
                 buf[f"{i}.rel_w"].scatter_(2, rows.expand(-1, h, -1, rel_w.shape[-1]), rel_w)
         qk = buf[f"{i}.qk"]
-        if not attn.use_rel_pos:
+        if not spec.use_rel_pos:
             return qk
-        (gh, gw), (b, h, n, _) = self._grid(), qk.shape
+        (gh, gw), (b, h, n, _) = _needs(grid), qk.shape
         logits = qk.view(b, h, n, gh, gw) + buf[f"{i}.rel_h"][..., :, None]  # (B, h, N, H, W)
         logits.add_(buf[f"{i}.rel_w"][..., None, :])
         return logits.view(b, h, n, n)
@@ -241,100 +228,93 @@ class _GatedBlocks:
             av.add_(new_terms).add_(old_terms)
         return av
 
-    def _grid(self) -> tuple[int, int]:
-        if self.grid is None:
-            raise ValueError("relative positions need the token grid")
-        return self.grid
+
+def _needs(grid: tuple[int, int] | None) -> tuple[int, int]:
+    if grid is None:
+        raise ValueError("relative positions need the token grid")
+    return grid
 
 
-class EventfulViTDet(DenseViTDet):
-    """The Eventful Transformers baseline for a :class:`~rgtp.models.vitdet.ViTDet`, behind RGTP's ``step``.
+class EventfulGrid(GridRunner):
+    """The Eventful Transformers baseline for a grid model (ViTDet-style), behind the runner contract.
 
     One instance serves any number of streams; each stream's buffers live in its :class:`EventfulState`. Dense steps
-    report :attr:`FrameKind.FULL`; gated steps report :attr:`FrameKind.ROLLOUT` (tokens chosen from the previous
-    steps' state), with ``num_kept`` = k, ``keep_idx`` = the rows block 0's qkv gate recomputed (None when it
-    recomputed all) and ``scores`` = that gate's error norms (B, N); ``importance`` is always None.
+    report :attr:`FrameKind.FULL`; gated steps report :attr:`FrameKind.GATED`, with ``num_kept`` = k, ``keep_idx`` =
+    the rows block 0's qkv gate recomputed (None when it recomputed all) and ``scores`` = that gate's error norms
+    (B, N); ``importance`` is always None.
 
     Example::
 
-        eventful = EventfulViTDet(model, EventfulConfig(k=64), head=model.detect)
+        eventful = EventfulGrid(ViTDetAdapter(model), EventfulConfig(k=64), head=model.detect)
         state = eventful.new_state()
         for frame in video:
-            result = eventful.step(frame[None], state)
+            out = eventful.step(frame[None], state)
     """
 
-    def __init__(self, model: ViTDet, cfg: EventfulConfig, head: DetectionHead | None = None) -> None:
+    def __init__(self, model: GridModel, cfg: EventfulConfig, head: DetectionHead | None = None) -> None:
         super().__init__(model, head)
         self.cfg = cfg
-        self.k = cfg.tokens(model.cfg.num_tokens)
-        self._gated = _GatedBlocks(cfg, self.k, 0, model.cfg.grid)
-        logger.debug(
-            "eventful ViTDet: k=%d of %d tokens per gate, %s global attention",
-            self.k,
-            model.cfg.num_tokens,
-            cfg.global_attention,
-        )
-
-    def new_state(self) -> EventfulState:  # type: ignore[override]
-        return EventfulState()
-
-    @torch.no_grad()
-    def step(self, images: Tensor, state: EventfulState) -> FrameResult:
-        """Process one frame of each stream in the batch: (B, 3, S, S) padded, normalised images."""
-        net = self.model.net
-        dense = self._gated.is_dense(state.t)
-        x = net.embed(images) + net.position()  # (B, N, C)
-        keep = scores = None
-        for i, blk in enumerate(net.blocks):
-            x, idx, err = self._gated.block(blk, i, x, state, dense)
-            if i == 0:
-                keep, scores = idx, err
-        features = self.model.features(x)
-        kind = FrameKind.FULL if dense else FrameKind.ROLLOUT
-        num_kept = self.model.cfg.num_tokens if dense else self.k
-        result = FrameResult(state.t, kind, num_kept, keep, scores, None, features, self.detect(features))
-        state.t += 1
-        return result
-
-
-class EventfulViViT:
-    """The Eventful Transformers baseline for a :class:`~rgtp.models.vivit.ViViT`: gated spatial encoder over steps.
-
-    Each view of a batch is an independent stream over its tubelet steps; the temporal encoder and the classifier
-    run unchanged on the spatial class tokens. After each clip, :attr:`last_state_nbytes` holds the bytes of the
-    streams' state (the whole batch) at the end of the clip.
-    """
-
-    def __init__(self, model: ViViT, cfg: EventfulConfig) -> None:
-        self.model = model
-        self.cfg = cfg
-        self.k = cfg.tokens(model.cfg.num_tokens)
-        self._gated = _GatedBlocks(cfg, self.k, 1, None)
-        self.last_state_nbytes = 0
+        self._gated = _GatedBlocks(cfg, 0)
 
     def new_state(self) -> EventfulState:
         return EventfulState()
 
-    def __call__(self, clip: Tensor) -> Tensor:
-        """(B, 3, T, H, W) normalised views -> (B, classes) logits."""
-        return self.model.classify(self.spatial_features(clip))
-
     @torch.no_grad()
-    def spatial_features(self, clip: Tensor) -> Tensor:
-        """The gated spatial encoder's class token per step: (B, 3, T, H, W) -> (B, steps, C)."""
-        tokens = self.model.embed(clip)  # (B, steps, N, C)
-        state = self.new_state()
-        cls = [self.step(tokens[:, t], state) for t in range(tokens.shape[1])]
-        self.last_state_nbytes = state.nbytes()
-        return torch.stack(cls, dim=1)  # (B, steps, C)
-
-    @torch.no_grad()
-    def step(self, embeds: Tensor, state: EventfulState) -> Tensor:
-        """One step of the spatial encoder for each stream: (B, N, C) tubelet embeddings -> (B, C) class token."""
-        enc = self.model.spatial
+    def step(self, images: Tensor, state: EventfulState) -> GridStep:
+        """Process one frame of each stream in the batch: (B, 3, H, W) preprocessed images."""
+        embeds, grid = self.model.embed(images)  # (B, N, C)
+        k = self.cfg.tokens(embeds.shape[1])
         dense = self._gated.is_dense(state.t)
-        x = enc.tokens(embeds)  # (B, 1 + N, C)
-        for i, blk in enumerate(enc.blocks):
-            x, _, _ = self._gated.block(blk, i, x, state, dense)
+        x = embeds + self.model.position(grid)
+        wanted = self.model.output_blocks
+        buffers = {-1: x} if -1 in wanted else {}
+        keep = scores = None
+        for i, blk in enumerate(self.model.blocks):
+            x, idx, err = self._gated.block(blk, i, x, state, None if dense else k, grid)
+            if i == 0:
+                keep, scores = idx, err
+            if i in wanted:
+                buffers[i] = x
+        features, detections = self.outputs(buffers, grid)
+        kind = FrameKind.FULL if dense else FrameKind.GATED
+        num_kept = embeds.shape[1] if dense else k
+        out = GridStep(state.t, kind, num_kept, keep, scores, None, features, detections)
         state.t += 1
-        return enc.norm(x[:, 0])
+        return out
+
+
+class EventfulClass:
+    """The Eventful Transformers baseline for a class-token model: gated blocks over the steps of each stream.
+
+    The prefix tokens (class token, registers) are recomputed by every gate, on top of the k patch tokens.
+    """
+
+    stateless = False
+
+    def __init__(self, model: ClassModel, cfg: EventfulConfig) -> None:
+        self.model = model
+        self.cfg = cfg
+        self._gated = _GatedBlocks(cfg, model.num_prefix)
+
+    def new_state(self) -> EventfulState:
+        return EventfulState()
+
+    @torch.no_grad()
+    def step(self, inputs: Tensor, state: EventfulState) -> ClassStep:
+        """One step of every stream in the batch (the model's inputs, as :meth:`RGTPClass.step`)."""
+        p = self.model.num_prefix
+        embeds, grid = self.model.embed(inputs)  # (B, N, C)
+        k = self.cfg.tokens(embeds.shape[1])
+        dense = self._gated.is_dense(state.t)
+        x = self.model.tokens(embeds, grid)  # (B, P + N, C)
+        keep = scores = None
+        for i, blk in enumerate(self.model.blocks):
+            x, idx, err = self._gated.block(blk, i, x, state, None if dense else k, None)
+            if i == 0 and idx is not None:
+                keep, scores = idx[:, p:] - p, err  # patch tokens only
+        pooled, tokens = self.model.finish(x)
+        kind = FrameKind.FULL if dense else FrameKind.GATED
+        num_kept = embeds.shape[1] if dense else k
+        out = ClassStep(state.t, kind, num_kept, keep, scores, None, pooled, tokens)
+        state.t += 1
+        return out

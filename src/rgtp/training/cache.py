@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgtp.build import build_runtime
+from rgtp.build import build_runner
 from rgtp.config import Preset, ViViTConfig, from_dict, to_dict
 from rgtp.data.action import ActionClip, ActionDataError, ActionDataset, preset_views
 from rgtp.evaluation.dist import DistInfo, barrier, gather, setup, shard
 from rgtp.evaluation.records import ResumeError, atomic_write_text, plain
 from rgtp.progress import progress_bar
+from rgtp.runtime.driver import run_clip
 from rgtp.training.common import build_vivit, weights_name
 
 __all__ = ["CacheSummary", "FeatureCache", "cache_spatial", "cached_preset"]
@@ -107,7 +108,7 @@ def _save_features(path: Path, features: np.ndarray, clip: ActionClip) -> None:
 
 def _spatial_runtime(preset: Preset, weights: str | Path | None, device: str) -> Any:
     model = build_vivit(preset, weights, device)
-    return build_runtime(preset, model)
+    return build_runner(preset, model)
 
 
 def cache_spatial(
@@ -189,7 +190,7 @@ def _cache_clips(
 def _clip_features(runtime: Any, video: np.ndarray, preset: Preset, device: str) -> np.ndarray:
     """One decoded clip -> its views' spatial class tokens, (views, steps, C) float32."""
     views = preset_views(video, preset).to(device)  # (views, 3, frames, crop, crop)
-    return runtime.spatial_features(views).float().cpu().numpy()  # (views, steps, C)
+    return run_clip(runtime, views).pooled.float().cpu().numpy()  # (views, steps, C)
 
 
 class FeatureCache(torch.utils.data.Dataset):

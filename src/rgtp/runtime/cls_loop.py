@@ -1,0 +1,134 @@
+"""RGTP on class-token models (spec §4 and §5.4): ViViT's spatial encoder, ViT, DINOv2, CLIP's vision tower.
+
+Each stream is a sequence of frames (ViViT: the tubelet steps of one view). At step t, block 0 attends over every
+token; then patch tokens are pruned (ROLLOUT steps: the warped heatmap of step t-1 with foreground/background
+sampling; GRID steps: a fixed pattern) and leave the step: the prefix tokens (class token, registers) and the kept
+patch tokens run through the other blocks among themselves. The class-token rollout over all blocks, restricted to
+the kept tokens after block 0, gives the heatmap for step t+1; pruned tokens take the value of the kept token whose
+block-0 key matches theirs best. Models with dense outputs (DINOv2 features for depth or segmentation heads) get every
+token's output: pruned tokens from a buffer of their last computed output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rgtp.config import RGTPConfig
+from rgtp.flops import scope
+from rgtp.models.attention import attend
+from rgtp.models.protocol import ClassModel, mlp_residual
+from rgtp.pruning.rollout import fuse_heads, normalize_sum, rollout_relevance
+from rgtp.pruning.schedule import FrameKind, frame_kind
+from rgtp.pruning.selection import complement, match_pruned
+from rgtp.pruning.state import RGTPState
+from rgtp.runtime.common import fill_pruned, gather_tokens, one_hot_first, scatter_rows_
+from rgtp.runtime.contract import ClassStep
+from rgtp.runtime.selectors import Guide, Selector, build_selector, plan_tokens
+
+__all__ = ["RGTPClass"]
+
+
+class RGTPClass:
+    """Rollout-guided token pruning for a class-token model; the streams of a batch are independent.
+
+    Example (one stream of frames through a Hugging Face DINOv2, see :func:`rgtp.adapt`)::
+
+        runner = rgtp.adapt(dinov2, keep_ratio=0.5)
+        state = runner.new_state()
+        for frame in video:
+            out = runner.step(frame[None], state)  # out.pooled, out.tokens (every token, buffers for pruned)
+    """
+
+    stateless = False
+
+    def __init__(self, model: ClassModel, cfg: RGTPConfig, selector: Selector | None = None) -> None:
+        if cfg.rollout.pool != 1:
+            raise ValueError("the class-token rollout is not pooled (rollout.pool must be 1)")
+        self.model = model
+        self.cfg = cfg
+        self.selector = build_selector(cfg) if selector is None else selector
+        if self.selector.needs_anchors:
+            raise ValueError(f"selection policy {cfg.selection.policy!r} needs detections: it is for grid models")
+
+    def new_state(self) -> RGTPState:
+        return RGTPState()
+
+    @torch.no_grad()
+    def step(self, inputs: Tensor, state: RGTPState) -> ClassStep:
+        """One step of every stream in the batch (the model's inputs: ViViT, (B, N, C) tubelet embeddings before
+        positions; image models, (B, 3, H, W) preprocessed frames)."""
+        cfg, model, p = self.cfg, self.model, self.model.num_prefix
+        kind = frame_kind(state.t, cfg.schedule.reset_every, cfg.schedule.reset_mode)
+        embeds, grid = model.embed(inputs)  # (B, N, C)
+        if kind is not FrameKind.FULL and state.features is not None and state.features.shape != embeds.shape:
+            raise ValueError(
+                f"the frame's tokens {tuple(embeds.shape)} differ from the stream's previous frame "
+                f"{tuple(state.features.shape)}: one stream has one size (reset() between videos)"
+            )
+        x = model.tokens(embeds, grid)  # (B, P + N, C)
+        blk, rollout = model.blocks[0], self.selector.uses_rollout
+        need_keys = rollout and kind is not FrameKind.FULL and cfg.rollout.pruned_fill == "match"
+        att = attend(blk.spec, blk.qkv(blk.norm1(x)), None, need_probs=rollout, need_keys=need_keys)
+        x = x + blk.proj(att.out)
+        prune = match = None
+        fused: list[Tensor] = []
+        with scope("rgtp"):
+            if rollout:
+                fused.append(fuse_heads(att.probs, cfg.rollout.head_fusion))  # (B, P + N, P + N)
+            keep, scores, kind = plan_tokens(kind, self.selector, state, embeds, grid, cfg)
+            if keep is not None and rollout:
+                prune = complement(keep, embeds.shape[1])  # (B, N - K)
+                match = match_pruned(att.keys[:, p:], keep, prune) if need_keys else None
+        if keep is not None:
+            x = torch.cat([x[:, :p], gather_tokens(x[:, p:], keep)], dim=1)  # (B, P + K, C)
+        x = mlp_residual(blk, x)
+        for blk in model.blocks[1:]:
+            att = attend(blk.spec, blk.qkv(blk.norm1(x)), None, need_probs=rollout)
+            if rollout:
+                with scope("rgtp"):
+                    fused.append(fuse_heads(att.probs, cfg.rollout.head_fusion))  # (B, P + K, P + K)
+            x = mlp_residual(blk, x + blk.proj(att.out))
+        pooled, tokens = model.finish(self._whole(state, x, keep) if model.dense_output else x)
+
+        with scope("rgtp"):
+            importance = self.selector.guide(Guide(lambda: self._importance(fused, keep, prune, state, match), None))
+        num_kept = embeds.shape[1] if keep is None else keep.shape[1]
+        out = ClassStep(state.t, kind, num_kept, keep, scores, importance, pooled, tokens)
+        state.importance, state.features, state.t = importance, embeds, state.t + 1
+        return out
+
+    def _whole(self, state: RGTPState, x: Tensor, keep: Tensor | None) -> Tensor:
+        """Every token's output (B, P + N, C): the kept ones from x (B, P + K, C), the pruned ones from the buffer."""
+        last = len(self.model.blocks) - 1
+        if keep is None:
+            state.outputs[last] = x.clone()  # the buffer is updated in place later; x is returned
+            return x
+        if last not in state.outputs:
+            raise RuntimeError("the output buffer is empty: the stream must start with a full step (reset())")
+        p = self.model.num_prefix
+        rows = torch.cat([torch.arange(p, device=keep.device).expand(keep.shape[0], -1), keep + p], dim=1)
+        return scatter_rows_(state.outputs[last], rows, x).clone()  # (B, P + N, C), not the buffer itself
+
+    def _importance(
+        self,
+        fused: list[Tensor],
+        keep: Tensor | None,
+        prune: Tensor | None,
+        state: RGTPState,
+        match: Tensor | None,
+    ) -> Tensor:
+        """Class-token rollout restricted to the kept tokens, placed on the grid, pruned tokens filled: (B, N)."""
+        p = self.model.num_prefix
+        b, n = fused[0].shape[0], fused[0].shape[-1] - p
+        first_keep = None
+        if keep is not None:
+            prefix = torch.arange(p, device=keep.device).expand(b, -1)  # (B, P)
+            first_keep = torch.cat([prefix, keep + p], dim=1)  # (B, P + K): prefix tokens, kept tokens
+        weights = one_hot_first(b, fused[-1].shape[-1], fused[0])
+        relevance = rollout_relevance(fused, weights, self.cfg.rollout.form, first_keep)[:, p:]  # (B, K)
+        if keep is None:
+            return normalize_sum(relevance)
+        heat = relevance.new_zeros(b, n).scatter(1, keep, relevance)  # (B, N)
+        heat = fill_pruned(heat, prune, self.cfg.rollout.pruned_fill, state.importance, match)
+        return normalize_sum(heat)

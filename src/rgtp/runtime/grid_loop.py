@@ -1,0 +1,223 @@
+"""RGTP on grid models, frame by frame (spec §3 and §5.3): our ViTDet, transformers' VitDetBackbone.
+
+Per step: block 0 runs its attention on every token; on pruned steps the selector chooses the kept tokens (the
+method: the previous heatmap warped onto this frame, then the top tokens) and everything after block 0's attention
+runs on them only. Blocks 1.. keep a qkv buffer (windowed attention runs in full on it; global attention uses the
+kept queries against all buffered keys and values), and the outputs the model reads are buffered so the neck and
+detector always see the full grid. After detection, the rollout over the global blocks from the detected boxes gives
+the heatmap for the next frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from rgtp.config import RGTPConfig
+from rgtp.flops import scope
+from rgtp.models.attention import attend
+from rgtp.models.frcnn import Detections
+from rgtp.models.protocol import GridModel, mlp_residual
+from rgtp.pruning.rollout import (
+    anchor_mask,
+    check_pool,
+    fuse_heads,
+    normalize_sum,
+    pool_anchors,
+    pool_key_columns,
+    pool_query_rows,
+    rollout_relevance,
+    upsample_grid,
+)
+from rgtp.pruning.schedule import FrameKind, frame_kind
+from rgtp.pruning.selection import complement, match_pruned
+from rgtp.pruning.state import RGTPState
+from rgtp.runtime.common import buffered, fill_pruned, gather_tokens, scatter_rows_
+from rgtp.runtime.contract import GridStep
+from rgtp.runtime.selectors import Guide, Selector, build_selector, plan_tokens
+
+__all__ = ["DetectionHead", "GridRunner", "RGTPGrid", "anchors_of"]
+
+#: A detection head: the model's outputs -> detections per image (boxes in input pixels).
+DetectionHead = Callable[[dict[str, Tensor]], list[Detections]]
+
+
+class GridRunner:
+    """What every runner of a grid model shares: the model, an optional detection head, the step output."""
+
+    stateless = False
+
+    def __init__(self, model: GridModel, head: DetectionHead | None = None) -> None:
+        self.model = model
+        self.head = head
+
+    def detect(self, features: dict[str, Tensor]) -> list[Detections] | None:
+        """The attached head's detections (None without a head)."""
+        if self.head is None:
+            return None
+        with scope("head"):
+            return self.head(features)
+
+    def outputs(self, buffers: dict[int, Tensor], grid: tuple[int, int]) -> tuple[dict[str, Tensor], list | None]:
+        """(the model's outputs from its output blocks' (B, N, C) grids, the head's detections)."""
+        features = self.model.outputs(buffers, grid)
+        return features, self.detect(features)
+
+
+def anchors_of(
+    detections: list[Detections] | None,
+    batch: int,
+    grid: tuple[int, int],
+    stride: float,
+    score_thr: float,
+    device: torch.device,
+) -> Tensor:
+    """(B, h, w) mask of the tokens inside boxes scoring above ``score_thr`` (every token without detections)."""
+    if detections is None:
+        return torch.ones(batch, *grid, dtype=torch.bool, device=device)
+    masks = [anchor_mask(d.boxes, d.scores, score_thr, grid, stride) for d in detections]
+    return torch.stack(masks).to(device)
+
+
+class RGTPGrid(GridRunner):
+    """Rollout-guided token pruning for a grid model (ViTDet-style).
+
+    The object holds the model, the method's settings, an optional detection head and the selector; all per-video
+    state lives in the :class:`~rgtp.pruning.state.RGTPState` passed to :meth:`step`, so one instance serves any
+    number of streams. Without a head every token is an anchor of the rollout (as when no detection passes the
+    threshold).
+
+    Example::
+
+        rgtp = RGTPGrid(ViTDetAdapter(model), preset.rgtp, head=model.detect)
+        state = rgtp.new_state()
+        for frame in video:
+            out = rgtp.step(frame[None], state)
+    """
+
+    def __init__(
+        self, model: GridModel, cfg: RGTPConfig, head: DetectionHead | None = None, selector: Selector | None = None
+    ) -> None:
+        super().__init__(model, head)
+        self.cfg = cfg
+        self.selector = build_selector(cfg) if selector is None else selector
+        if self.selector.needs_anchors and head is None:
+            raise ValueError("box-token selection needs the previous frame's detections: attach a detection head")
+
+    def new_state(self) -> RGTPState:
+        return RGTPState()
+
+    @torch.no_grad()
+    def step(self, images: Tensor, state: RGTPState) -> GridStep:
+        """Process one frame of each stream in the batch: (B, 3, H, W) preprocessed images."""
+        cfg, blocks = self.cfg, self.model.blocks
+        kind = frame_kind(state.t, cfg.schedule.reset_every, cfg.schedule.reset_mode)
+        embeds, grid = self.model.embed(images)  # (B, N, C)
+        _check_grid(state, embeds, kind, grid, cfg.rollout.pool)
+        x = embeds + self.model.position(grid)
+        buffers = {-1: x} if -1 in self.model.output_blocks else {}
+
+        # Block 0: attention on every token, then prune, then the MLP on the kept tokens.
+        blk, rollout = blocks[0], self.selector.uses_rollout
+        need_keys = rollout and kind is not FrameKind.FULL and cfg.rollout.pruned_fill == "match"
+        att = attend(
+            blk.spec, blk.qkv(blk.norm1(x)), grid, need_probs=blk.spec.is_global and rollout, need_keys=need_keys
+        )
+        keys0 = att.keys  # (B, N, d) head-averaged keys of block 0, to match pruned tokens to kept ones
+        x = x + blk.proj(att.out)
+        with scope("rgtp"):
+            if blk.spec.is_global and rollout:
+                self._record_rows(state, 0, att.probs, None, grid)
+            keep, scores, kind = plan_tokens(kind, self.selector, state, embeds, grid, cfg)
+        if keep is not None:
+            x = gather_tokens(x, keep)  # (B, K, C)
+        x = self._output(buffers, state, 0, mlp_residual(blk, x), keep)
+
+        # Blocks 1..: kept tokens only, with buffered qkv for the others.
+        for i in range(1, len(blocks)):
+            blk = blocks[i]
+            qkv = buffered(state.qkv, i, blk.qkv(blk.norm1(x)), keep)  # (B, N, 3C)
+            att = attend(blk.spec, qkv, grid, query_idx=keep, need_probs=blk.spec.is_global and rollout)
+            if blk.spec.is_global and rollout:
+                with scope("rgtp"):
+                    self._record_rows(state, i, att.probs, keep, grid)
+            x = self._output(buffers, state, i, mlp_residual(blk, x + blk.proj(att.out)), keep)
+
+        features, detections = self.outputs(buffers, grid)
+        with scope("rgtp"):
+            guide = Guide(
+                lambda: self._importance(state, detections, keep, keys0, grid),
+                lambda: self._anchors(detections, embeds.shape[0], grid, embeds.device),
+            )
+            importance = self.selector.guide(guide)
+        num_kept = embeds.shape[1] if keep is None else keep.shape[1]
+        out = GridStep(state.t, kind, num_kept, keep, scores, importance, features, detections)
+        state.importance, state.features, state.t = importance, embeds, state.t + 1
+        return out
+
+    def _output(self, buffers: dict[int, Tensor], state: RGTPState, i: int, x: Tensor, keep: Tensor | None) -> Tensor:
+        """Buffer block i's output when the model reads it (whole grid); returns x unchanged."""
+        if i in self.model.output_blocks:
+            buffers[i] = buffered(state.outputs, i, x, keep)
+        return x
+
+    def _record_rows(
+        self, state: RGTPState, block: int, probs: Tensor | None, keep: Tensor | None, grid: tuple[int, int]
+    ) -> None:
+        """Fuse heads and store this block's attention rows for the rollout (pooled at pool > 1)."""
+        assert probs is not None
+        fused = fuse_heads(probs, self.cfg.rollout.head_fusion)  # (B, Q, N)
+        pool = self.cfg.rollout.pool
+        if pool > 1:
+            fused = pool_key_columns(fused, grid, pool)  # (B, Q, N / p²)
+            rows, present = pool_query_rows(fused, keep, grid, pool)  # (B, N / p², N / p²), (B, N / p²)
+            if keep is None:
+                state.attn_rows[block] = rows
+            else:
+                state.attn_rows[block] = torch.where(present[..., None], rows, state.attn_rows[block])
+        elif keep is None:
+            state.attn_rows[block] = fused  # (B, N, N)
+        else:
+            scatter_rows_(state.attn_rows[block], keep, fused)
+
+    def _importance(
+        self,
+        state: RGTPState,
+        detections: list[Detections] | None,
+        keep: Tensor | None,
+        keys0: Tensor | None,
+        grid: tuple[int, int],
+    ) -> Tensor:
+        """Heatmap H_t (B, N): rollout over the global blocks from the detected boxes, normalised to sum 1."""
+        cfg = self.cfg.rollout
+        fused = [state.attn_rows[i] for i in sorted(state.attn_rows)]
+        anchors = self._anchors(detections, fused[0].shape[0], grid, fused[0].device)  # (B, H, W) bool
+        if cfg.pool > 1:
+            cells = pool_anchors(anchors, cfg.pool).to(fused[0].dtype)  # (B, N / p²)
+            relevance = rollout_relevance(fused, cells / cells.sum(-1, keepdim=True), cfg.form)
+            relevance = upsample_grid(relevance, grid, cfg.pool)  # (B, N)
+        else:
+            tokens = anchors.flatten(1).to(fused[0].dtype)  # (B, N)
+            relevance = rollout_relevance(fused, tokens / tokens.sum(-1, keepdim=True), cfg.form)
+        if keep is not None and cfg.pruned_fill != "none":
+            prune = complement(keep, relevance.shape[-1])
+            match = match_pruned(keys0, keep, prune) if keys0 is not None else None
+            relevance = fill_pruned(relevance, prune, cfg.pruned_fill, state.importance, match)
+        return normalize_sum(relevance)
+
+    def _anchors(
+        self, detections: list[Detections] | None, batch: int, grid: tuple[int, int], device: torch.device
+    ) -> Tensor:
+        return anchors_of(detections, batch, grid, float(self.model.patch_size), self.cfg.rollout.score_thr, device)
+
+
+def _check_grid(state: RGTPState, embeds: Tensor, kind: FrameKind, grid: tuple[int, int], pool: int) -> None:
+    """A stream keeps one token grid between full steps; the pooled rollout needs a grid the pool divides."""
+    check_pool(grid, pool)
+    if kind is not FrameKind.FULL and state.features is not None and state.features.shape[1] != embeds.shape[1]:
+        raise ValueError(
+            f"the frame's token grid {grid} ({embeds.shape[1]} tokens) differs from the stream's previous frame "
+            f"({state.features.shape[1]} tokens): frames of one stream must have one size (reset() between videos)"
+        )
