@@ -28,7 +28,7 @@ from rgtp.flops import MacCounter
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.presets import get_preset, preset_names
-from rgtp.runtime import build_runner, run_clip
+from rgtp.runtime import make_runner, run_clip
 
 GOLDEN = Path(__file__).parent / "golden" / "runs.pt"
 SAMPLES = 256  # values kept of a large output tensor, evenly spaced over its elements
@@ -110,7 +110,7 @@ def _opt(x: Tensor | None) -> Any:
 
 
 def run_detection(model: ViTDet, method: RGTPConfig | EventfulConfig | ToMeConfig | None, frames: list[Tensor]) -> dict:
-    runner = build_runner(model, method, head=model.detect)
+    runner = make_runner(model, method, head=model.detect)
     state = runner.new_state()
     steps = []
     for x in frames:
@@ -136,7 +136,7 @@ def run_detection(model: ViTDet, method: RGTPConfig | EventfulConfig | ToMeConfi
 
 
 def run_action(model: ViViT, method: RGTPConfig | EventfulConfig | ToMeConfig | None, clip: Tensor) -> dict:
-    runner = build_runner(model, method)
+    runner = make_runner(model, method)
     with MacCounter() as counter:
         result = run_clip(runner, clip)
     steps = [

@@ -11,11 +11,12 @@ import torch
 from conftest import randomize_
 from rgtp.config import ConfigError, EventfulConfig, from_dict, to_dict
 from rgtp.flops import MacCounter
+from rgtp.models.attention import split_heads
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.presets import small_detector, small_vivit
 from rgtp.pruning.schedule import FrameKind
-from rgtp.runtime import EventfulState, build_runner, run_clip
+from rgtp.runtime import EventfulState, make_runner, run_clip
 
 MODES = ("dense", "qk", "qk_av")
 
@@ -93,7 +94,7 @@ def _differs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_vitdet_k_equal_n_is_the_dense_model(det: ViTDet, mode: str) -> None:
-    runtime = build_runner(det, EventfulConfig(keep_ratio=1.0, global_attention=mode), head=det.detect)
+    runtime = make_runner(det, EventfulConfig(keep_ratio=1.0, global_attention=mode), head=det.detect)
     state = runtime.new_state()
     for t, x in enumerate(_frames(4)):
         result = runtime.step(x, state)
@@ -111,7 +112,7 @@ def test_vitdet_k_equal_n_is_the_dense_model(det: ViTDet, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_vivit_k_equal_n_is_the_dense_model(vivit: ViViT, mode: str) -> None:
-    runtime = build_runner(vivit, EventfulConfig(k=N_VIVIT, global_attention=mode))
+    runtime = make_runner(vivit, EventfulConfig(k=N_VIVIT, global_attention=mode))
     clip = _clip()
     _vivit_close(runtime, vivit, clip)
 
@@ -119,19 +120,19 @@ def test_vivit_k_equal_n_is_the_dense_model(vivit: ViViT, mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_static_video_is_exact_with_few_tokens(det: ViTDet, vivit: ViViT, mode: str) -> None:
     """Zero errors: the rows no gate recomputes are stale but equal to what the dense model computes."""
-    runtime = build_runner(det, EventfulConfig(k=5, global_attention=mode))
+    runtime = make_runner(det, EventfulConfig(k=5, global_attention=mode))
     state = runtime.new_state()
     for x in _frames(4, static=True):
         result = runtime.step(x, state)
         _close(result.features, det(x))
     clip = _clip(static=True)
-    vivit_runtime = build_runner(vivit, EventfulConfig(k=3, global_attention=mode))
+    vivit_runtime = make_runner(vivit, EventfulConfig(k=3, global_attention=mode))
     _vivit_close(vivit_runtime, vivit, clip)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_few_tokens_on_a_moving_video_approximate(det: ViTDet, vivit: ViViT, mode: str) -> None:
-    runtime = build_runner(det, EventfulConfig(k=16, global_attention=mode))
+    runtime = make_runner(det, EventfulConfig(k=16, global_attention=mode))
     state = runtime.new_state()
     frames = _frames(3)
     _close(runtime.step(frames[0], state).features, det(frames[0]))
@@ -143,7 +144,7 @@ def test_few_tokens_on_a_moving_video_approximate(det: ViTDet, vivit: ViViT, mod
         assert result.scores is not None and result.scores.shape == (2, N_DET)
         assert _differs(result.features, det(x))
     clip = _clip()
-    vivit_runtime = build_runner(vivit, EventfulConfig(k=4, global_attention=mode))
+    vivit_runtime = make_runner(vivit, EventfulConfig(k=4, global_attention=mode))
     out = run_clip(vivit_runtime, clip)
     assert out.logits.shape == (2, VIVIT.num_classes)
     assert [s.kind for s in out.steps] == [FrameKind.FULL] + [FrameKind.GATED] * (VIVIT.num_steps - 1)
@@ -158,25 +159,25 @@ def test_incremental_qk_equals_dense_attention_on_the_accumulated_qkv(det: ViTDe
     """Updating the rows and columns of QKᵀ of the updated tokens is exact (relative positions included)."""
     outputs = {}
     for mode in ("dense", "qk"):
-        runtime = build_runner(det, EventfulConfig(k=12, global_attention=mode))
+        runtime = make_runner(det, EventfulConfig(k=12, global_attention=mode))
         state = runtime.new_state()
         outputs[mode] = [runtime.step(x, state).features for x in _frames(4)]
     for a, b in zip(outputs["dense"], outputs["qk"], strict=True):
         _close(a, b)
     clip = _clip()
-    dense = run_clip(build_runner(vivit, EventfulConfig(k=5, global_attention="dense")), clip).pooled
-    qk = run_clip(build_runner(vivit, EventfulConfig(k=5, global_attention="qk")), clip).pooled
+    dense = run_clip(make_runner(vivit, EventfulConfig(k=5, global_attention="dense")), clip).pooled
+    qk = run_clip(make_runner(vivit, EventfulConfig(k=5, global_attention="qk")), clip).pooled
     torch.testing.assert_close(qk, dense)
 
 
 def test_incremental_av_keeps_its_product_of_references(det: ViTDet) -> None:
     """qk_av: the A·V buffer always equals A_ref · V, with V the accumulated values."""
-    runtime = build_runner(det, EventfulConfig(k=10, global_attention="qk_av"))
+    runtime = make_runner(det, EventfulConfig(k=10, global_attention="qk_av"))
     state = runtime.new_state()
     for x in _frames(3):
         runtime.step(x, state)
         for i in DET.global_blocks:
-            _, _, v = det.net.blocks[i].attn.split_heads(state.accumulators[f"{i}.qkv"])  # (B, h, N, d)
+            _, _, v = split_heads(state.accumulators[f"{i}.qkv"], DET.num_heads)  # (B, h, N, d)
             want = state.attention[f"{i}.attn_ref"] @ v
             torch.testing.assert_close(state.attention[f"{i}.av"], want, rtol=1e-4, atol=1e-5)
 
@@ -186,7 +187,7 @@ def test_incremental_av_keeps_its_product_of_references(det: ViTDet) -> None:
 
 
 def test_references_update_only_on_selected_rows(det: ViTDet) -> None:
-    runtime = build_runner(det, EventfulConfig(k=10))
+    runtime = make_runner(det, EventfulConfig(k=10))
     state = runtime.new_state()
     frames = _frames(2)
     runtime.step(frames[0], state)
@@ -209,7 +210,7 @@ def test_references_update_only_on_selected_rows(det: ViTDet) -> None:
 
 
 def test_reset_restores_the_first_frame(det: ViTDet) -> None:
-    runtime = build_runner(det, EventfulConfig(k=10, global_attention="qk_av"))
+    runtime = make_runner(det, EventfulConfig(k=10, global_attention="qk_av"))
     video_a, video_b = _frames(3, seed=1), _frames(3, seed=2)
     fresh = runtime.new_state()
     expected = [runtime.step(x, fresh).features for x in video_b]
@@ -225,13 +226,13 @@ def test_reset_restores_the_first_frame(det: ViTDet) -> None:
 
 
 def test_gated_step_without_history_raises(det: ViTDet) -> None:
-    runtime = build_runner(det, EventfulConfig(k=10))
+    runtime = make_runner(det, EventfulConfig(k=10))
     with pytest.raises(RuntimeError, match="reset"):
         runtime.step(_frames(1)[0], EventfulState(t=1))
 
 
 def test_refresh_every_runs_dense_steps(det: ViTDet) -> None:
-    runtime = build_runner(det, EventfulConfig(k=8, refresh_every=2))
+    runtime = make_runner(det, EventfulConfig(k=8, refresh_every=2))
     state = runtime.new_state()
     kinds = []
     for x in _frames(5):
@@ -245,7 +246,7 @@ def test_refresh_every_runs_dense_steps(det: ViTDet) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_state_memory(det: ViTDet, vivit: ViViT, mode: str) -> None:
-    runtime = build_runner(det, EventfulConfig(k=8, global_attention=mode))
+    runtime = make_runner(det, EventfulConfig(k=8, global_attention=mode))
     state = runtime.new_state()
     assert state.nbytes() == 0
     for x in _frames(2):
@@ -262,7 +263,7 @@ def test_state_memory(det: ViTDet, vivit: ViViT, mode: str) -> None:
     assert state.nbytes() == 4 * (d * per_block + attention)
     assert state.to("cpu") is state and state.nbytes() == sum(v.nbytes for v in tensors.values())
 
-    vivit_runtime = build_runner(vivit, EventfulConfig(k=4, global_attention=mode))
+    vivit_runtime = make_runner(vivit, EventfulConfig(k=4, global_attention=mode))
     assert vivit_runtime.new_state().nbytes() == 0
     nbytes = run_clip(vivit_runtime, _clip()).state_nbytes
     n, c, h = N_VIVIT + 1, VIVIT.embed_dim, VIVIT.num_heads  # every spatial block is global
@@ -294,7 +295,7 @@ def test_vitdet_macs_fall_linearly_with_k(det: ViTDet, mode: str) -> None:
     dense = counter.macs(("backbone", "rgtp"))
     gated = {}
     for k in (8, 16, 24, 32):
-        first, second = _step_macs(build_runner(det, EventfulConfig(k=k, global_attention=mode)), frames)
+        first, second = _step_macs(make_runner(det, EventfulConfig(k=k, global_attention=mode)), frames)
         assert first == dense  # the first step is the dense model, nothing more
         gated[k] = second
     assert gated[8] < gated[16] < gated[24] < gated[32]
@@ -305,7 +306,7 @@ def test_vitdet_macs_fall_linearly_with_k(det: ViTDet, mode: str) -> None:
 def test_vivit_macs_fall_linearly_with_k(vivit: ViViT) -> None:
     tokens = vivit.embed(_clip(batch=1))  # (1, steps, N, C)
     frames = [tokens[:, t] for t in range(2)]
-    gated = {k: _step_macs(build_runner(vivit, EventfulConfig(k=k)), frames)[1] for k in (2, 4, 6, 8)}
+    gated = {k: _step_macs(make_runner(vivit, EventfulConfig(k=k)), frames)[1] for k in (2, 4, 6, 8)}
     assert gated[2] < gated[4] < gated[6] < gated[8]
     assert gated[8] - gated[6] == gated[6] - gated[4] == gated[4] - gated[2]
 
@@ -335,7 +336,7 @@ def test_config_token_counts_and_round_trip(det: ViTDet, vivit: ViViT) -> None:
     assert EventfulConfig(keep_ratio=0.25).tokens(256) == 64
     assert EventfulConfig(k=32).tokens(256) == 32
     assert EventfulConfig(keep_ratio=0.5).tokens(N_VIVIT) == N_VIVIT // 2
-    too_many = build_runner(det, EventfulConfig(k=N_DET + 1))
+    too_many = make_runner(det, EventfulConfig(k=N_DET + 1))
     with pytest.raises(ConfigError):
         too_many.step(_frames(1)[0], too_many.new_state())
     with pytest.raises(ConfigError):

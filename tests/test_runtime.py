@@ -11,7 +11,7 @@ from conftest import TINY_VITDET, vitdet_rgtp, vivit_rgtp
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.pruning.schedule import FrameKind
-from rgtp.runtime import Detections, build_runner, run_clip
+from rgtp.runtime import Detections, make_runner, run_clip
 
 
 def _frames(n: int, seed: int = 0, batch: int = 1) -> list[torch.Tensor]:
@@ -31,7 +31,7 @@ def _assert_features_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor
     ("pool", "form", "fill"), [(2, "forward", "none"), (1, "backward", "previous"), (1, "forward", "match")]
 )
 def test_vitdet_keep_all_without_reset_equals_dense(tiny_vitdet: ViTDet, pool: int, form: str, fill: str) -> None:
-    runtime = build_runner(tiny_vitdet, vitdet_rgtp(keep_ratio=1.0, reset_every=None, pool=pool, form=form, fill=fill))
+    runtime = make_runner(tiny_vitdet, vitdet_rgtp(keep_ratio=1.0, reset_every=None, pool=pool, form=form, fill=fill))
     state = runtime.new_state()
     for t, x in enumerate(_frames(4, batch=2)):
         result = runtime.step(x, state)
@@ -42,7 +42,7 @@ def test_vitdet_keep_all_without_reset_equals_dense(tiny_vitdet: ViTDet, pool: i
 
 
 def test_vitdet_full_frames_equal_dense_and_pruned_frames_differ(tiny_vitdet: ViTDet) -> None:
-    runtime = build_runner(tiny_vitdet, vitdet_rgtp(keep_ratio=0.3, reset_every=4))
+    runtime = make_runner(tiny_vitdet, vitdet_rgtp(keep_ratio=0.3, reset_every=4))
     state = runtime.new_state()
     kinds = []
     for x in _frames(6):
@@ -60,7 +60,7 @@ def test_vitdet_full_frames_equal_dense_and_pruned_frames_differ(tiny_vitdet: Vi
 
 
 def test_vitdet_pruned_tokens_keep_their_buffered_output(tiny_vitdet: ViTDet) -> None:
-    runtime = build_runner(tiny_vitdet, vitdet_rgtp(keep_ratio=0.3))
+    runtime = make_runner(tiny_vitdet, vitdet_rgtp(keep_ratio=0.3))
     state = runtime.new_state()
     frames = _frames(2)
     runtime.step(frames[0], state)
@@ -75,7 +75,7 @@ def test_vitdet_pruned_tokens_keep_their_buffered_output(tiny_vitdet: ViTDet) ->
 @pytest.mark.parametrize("fill", ["none", "previous"])
 def test_vitdet_interleaved_streams_equal_separate_runs(tiny_vitdet: ViTDet, fill: str) -> None:
     pool = 2 if fill == "none" else 1
-    runtime = build_runner(tiny_vitdet, vitdet_rgtp(pool=pool, fill=fill, form="backward" if pool == 1 else "forward"))
+    runtime = make_runner(tiny_vitdet, vitdet_rgtp(pool=pool, fill=fill, form="backward" if pool == 1 else "forward"))
     video_a, video_b = _frames(5, seed=1), _frames(5, seed=2)
 
     def run(video: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -90,7 +90,7 @@ def test_vitdet_interleaved_streams_equal_separate_runs(tiny_vitdet: ViTDet, fil
 
 
 def test_vitdet_reset_makes_videos_independent(tiny_vitdet: ViTDet) -> None:
-    runtime = build_runner(tiny_vitdet, vitdet_rgtp())
+    runtime = make_runner(tiny_vitdet, vitdet_rgtp())
     video_a, video_b = _frames(3, seed=3), _frames(3, seed=4)
     fresh = runtime.new_state()
     expected = [runtime.step(x, fresh).features["p4"] for x in video_b]
@@ -112,7 +112,7 @@ def test_vitdet_detections_define_the_anchors(tiny_vitdet: ViTDet) -> None:
 
     results = {}
     for name, head in {"box": head_with(0.9), "low": head_with(0.05), "none": None}.items():
-        runtime = build_runner(tiny_vitdet, vitdet_rgtp(pool=1, form="backward", fill="previous"), head=head)
+        runtime = make_runner(tiny_vitdet, vitdet_rgtp(pool=1, form="backward", fill="previous"), head=head)
         results[name] = runtime.step(_frames(1)[0], runtime.new_state()).importance
         assert torch.isfinite(results[name]).all()
     torch.testing.assert_close(results["low"], results["none"])
@@ -120,7 +120,7 @@ def test_vitdet_detections_define_the_anchors(tiny_vitdet: ViTDet) -> None:
 
 
 def test_vitdet_grid_reset_mode_keeps_the_pattern(tiny_vitdet: ViTDet) -> None:
-    runtime = build_runner(tiny_vitdet, vitdet_rgtp(reset_every=2, reset_mode="grid"))
+    runtime = make_runner(tiny_vitdet, vitdet_rgtp(reset_every=2, reset_mode="grid"))
     state = runtime.new_state()
     kinds = [runtime.step(x, state) for x in _frames(3)]
     assert [r.kind for r in kinds] == [FrameKind.FULL, FrameKind.ROLLOUT, FrameKind.GRID]
@@ -128,16 +128,16 @@ def test_vitdet_grid_reset_mode_keeps_the_pattern(tiny_vitdet: ViTDet) -> None:
 
 
 def test_vitdet_rejects_wrong_frame_size_and_bad_pool(tiny_vitdet: ViTDet) -> None:
-    runtime = build_runner(tiny_vitdet, vitdet_rgtp())
+    runtime = make_runner(tiny_vitdet, vitdet_rgtp())
     with pytest.raises(ValueError, match="80x80"):
         runtime.step(torch.randn(1, 3, 64, 80), runtime.new_state())
-    pooled = build_runner(tiny_vitdet, vitdet_rgtp(pool=3))
+    pooled = make_runner(tiny_vitdet, vitdet_rgtp(pool=3))
     with pytest.raises(ValueError, match="pool 3"):
         pooled.step(_frames(1)[0], pooled.new_state())
 
 
 def test_vitdet_state_moves_with_to(tiny_vitdet: ViTDet) -> None:
-    runtime = build_runner(tiny_vitdet, vitdet_rgtp())
+    runtime = make_runner(tiny_vitdet, vitdet_rgtp())
     state = runtime.new_state()
     runtime.step(_frames(1)[0], state)
     names = set(state.tensors())
@@ -152,13 +152,13 @@ def _clip(seed: int = 0, batch: int = 3) -> torch.Tensor:
 
 @pytest.mark.parametrize("form", ["forward", "backward"])
 def test_vivit_keep_all_without_reset_equals_dense(tiny_vivit: ViViT, form: str) -> None:
-    runtime = build_runner(tiny_vivit, vivit_rgtp(keep_ratio=1.0, bg_ratio=0.0, reset_every=None, form=form))
+    runtime = make_runner(tiny_vivit, vivit_rgtp(keep_ratio=1.0, bg_ratio=0.0, reset_every=None, form=form))
     clip = _clip()
     torch.testing.assert_close(run_clip(runtime, clip).logits, tiny_vivit(clip), rtol=1e-4, atol=1e-5)
 
 
 def test_vivit_kept_counts_and_kinds(tiny_vivit: ViViT) -> None:
-    runtime = build_runner(tiny_vivit, vivit_rgtp(keep_ratio=0.5, bg_ratio=0.25, reset_every=2, pattern="1in2"))
+    runtime = make_runner(tiny_vivit, vivit_rgtp(keep_ratio=0.5, bg_ratio=0.25, reset_every=2, pattern="1in2"))
     steps = run_clip(runtime, _clip()).steps
     assert [s.kind for s in steps] == [FrameKind.FULL, FrameKind.ROLLOUT, FrameKind.GRID, FrameKind.ROLLOUT]
     # N = 16: K_fg = 8, background: every 4th of the other 8 -> 2; grid 1in2 -> 8
@@ -170,8 +170,8 @@ def test_vivit_kept_counts_and_kinds(tiny_vivit: ViViT) -> None:
 
 def test_vivit_forward_and_backward_rollout_agree(tiny_vivit: ViViT) -> None:
     cfg = vivit_rgtp(keep_ratio=0.4, fg_ratio=0.5, bg_ratio=0.2, reset_every=3, pattern="1in4")
-    a = run_clip(build_runner(tiny_vivit, cfg), _clip(1))
-    b = build_runner(tiny_vivit, dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, form="backward")))
+    a = run_clip(make_runner(tiny_vivit, cfg), _clip(1))
+    b = make_runner(tiny_vivit, dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, form="backward")))
     b_res = run_clip(b, _clip(1))
     torch.testing.assert_close(a.logits, b_res.logits)
     for x, y in zip(a.steps, b_res.steps, strict=True):
@@ -179,7 +179,7 @@ def test_vivit_forward_and_backward_rollout_agree(tiny_vivit: ViViT) -> None:
 
 
 def test_vivit_views_are_independent_streams(tiny_vivit: ViViT) -> None:
-    runtime = build_runner(tiny_vivit, vivit_rgtp())
+    runtime = make_runner(tiny_vivit, vivit_rgtp())
     clip = _clip(2, batch=3)
     together = run_clip(runtime, clip).logits
     alone = torch.cat([run_clip(runtime, clip[i : i + 1]).logits for i in range(3)])
@@ -188,7 +188,7 @@ def test_vivit_views_are_independent_streams(tiny_vivit: ViViT) -> None:
 
 def test_vivit_pruned_tokens_copy_their_match(tiny_vivit: ViViT) -> None:
     """A pruned token's heatmap value is the value of a kept token (its key match)."""
-    steps = run_clip(build_runner(tiny_vivit, vivit_rgtp(keep_ratio=0.25, bg_ratio=0.0)), _clip()).steps
+    steps = run_clip(make_runner(tiny_vivit, vivit_rgtp(keep_ratio=0.25, bg_ratio=0.0)), _clip()).steps
     step = steps[1]
     kept_values = step.importance.gather(1, step.keep_idx)  # (B, K)
     pruned = torch.ones_like(step.importance, dtype=torch.bool).scatter(1, step.keep_idx, False)
@@ -199,7 +199,7 @@ def test_vivit_pruned_tokens_copy_their_match(tiny_vivit: ViViT) -> None:
 
 def test_vivit_rejects_bad_clip(tiny_vivit: ViViT) -> None:
     with pytest.raises(ValueError, match="expected a clip"):
-        run_clip(build_runner(tiny_vivit, vivit_rgtp()), torch.randn(1, 3, 6, 32, 32))
+        run_clip(make_runner(tiny_vivit, vivit_rgtp()), torch.randn(1, 3, 6, 32, 32))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
@@ -210,7 +210,7 @@ def test_vitdet_runs_in_other_dtypes_with_detections(tiny_vitdet: ViTDet, dtype:
         return [Detections(torch.tensor([[8.0, 8.0, 40.0, 40.0]]), torch.tensor([0.9]), torch.tensor([1]))]
 
     for pool, form in ((2, "forward"), (1, "backward")):
-        runtime = build_runner(model, vitdet_rgtp(pool=pool, form=form, fill="previous"), head=head)
+        runtime = make_runner(model, vitdet_rgtp(pool=pool, form=form, fill="previous"), head=head)
         state = runtime.new_state()
         for x in _frames(2):
             result = runtime.step(x.to(dtype), state)
@@ -223,7 +223,7 @@ def _with_policy(cfg, **selection):
 
 @pytest.mark.parametrize("policy", ["uniform", "random"])
 def test_vitdet_unguided_policies_keep_k_tokens_without_rollout(tiny_vitdet: ViTDet, policy: str) -> None:
-    runtime = build_runner(tiny_vitdet, _with_policy(vitdet_rgtp(keep_ratio=0.3), policy=policy))
+    runtime = make_runner(tiny_vitdet, _with_policy(vitdet_rgtp(keep_ratio=0.3), policy=policy))
     state = runtime.new_state()
     kept = []
     for x in _frames(4, batch=2):
@@ -237,7 +237,7 @@ def test_vitdet_unguided_policies_keep_k_tokens_without_rollout(tiny_vitdet: ViT
     assert not torch.equal(kept[0], kept[1])  # the subset changes from frame to frame
     if policy == "uniform":
         assert torch.equal(kept[0][0], kept[0][1])  # the same pattern for every stream
-    again = build_runner(tiny_vitdet, runtime.cfg)
+    again = make_runner(tiny_vitdet, runtime.cfg)
     state2 = again.new_state()
     redo = [again.step(x, state2).keep_idx for x in _frames(4, batch=2)][1:]
     assert all(torch.equal(a, b) for a, b in zip(kept, redo, strict=True))  # reproducible
@@ -248,7 +248,7 @@ def test_vitdet_box_policy_keeps_the_tokens_of_previous_boxes(tiny_vitdet: ViTDe
     head = lambda feats: [Detections(box, torch.tensor([0.9]), torch.tensor([0]))]  # noqa: E731
     for margin, expected in ((0, 6), (1, 20)):
         cfg = _with_policy(vitdet_rgtp(keep_ratio=0.3), policy="boxes", box_margin=margin)
-        runtime = build_runner(tiny_vitdet, cfg, head=head)
+        runtime = make_runner(tiny_vitdet, cfg, head=head)
         state = runtime.new_state()
         first = runtime.step(_frames(1)[0], state)
         assert (first.importance > 0).sum() == expected and not state.attn_rows
@@ -262,11 +262,11 @@ def test_vitdet_box_policy_keeps_the_tokens_of_previous_boxes(tiny_vitdet: ViTDe
 @pytest.mark.parametrize("policy", ["uniform", "random"])
 def test_vivit_unguided_policies(tiny_vivit: ViViT, policy: str) -> None:
     cfg = _with_policy(vivit_rgtp(keep_ratio=0.3), policy=policy)
-    runtime = build_runner(tiny_vivit, cfg)
+    runtime = make_runner(tiny_vivit, cfg)
     clip = torch.randn(2, 3, tiny_vivit.cfg.num_frames, tiny_vivit.cfg.img_size, tiny_vivit.cfg.img_size)
     result = run_clip(runtime, clip)
     assert result.logits.shape == (2, tiny_vivit.cfg.num_classes)
     assert all(s.importance is None for s in result.steps)
     assert result.state_nbytes > 0
     with pytest.raises(ValueError, match="grid models"):
-        build_runner(tiny_vivit, _with_policy(cfg, policy="boxes"))
+        make_runner(tiny_vivit, _with_policy(cfg, policy="boxes"))

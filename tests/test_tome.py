@@ -24,7 +24,7 @@ from rgtp.pruning.merge import (
     unmerge_tokens,
 )
 from rgtp.pruning.schedule import FrameKind
-from rgtp.runtime import GridStep, build_runner, run_clip
+from rgtp.runtime import GridStep, make_runner, run_clip
 from rgtp.runtime.tome import merged_attention
 
 SCOPES = ("backbone", "rgtp")
@@ -199,7 +199,7 @@ def test_proportional_attention_equals_attention_over_duplicates() -> None:
 @pytest.mark.parametrize("mode", ["unmerge", "merged"])
 def test_vitdet_r0_equals_dense(det: ViTDet, mode: str) -> None:
     x = _images()
-    tome = build_runner(det, ToMeConfig(r=0, global_attn=mode))
+    tome = make_runner(det, ToMeConfig(r=0, global_attn=mode))
     result = tome.step(x, tome.new_state())
     dense = det(x)
     assert result.features.keys() == dense.keys()
@@ -213,7 +213,7 @@ def test_vitdet_step_interface(det: ViTDet) -> None:
         calls.append(features)
         return ["detections"]
 
-    tome = build_runner(det, ToMeConfig(keep_ratio=0.5), head=head)
+    tome = make_runner(det, ToMeConfig(keep_ratio=0.5), head=head)
     state = tome.new_state()
     assert state.nbytes() == 0 and state.tensors() == {}
     for t in range(2):
@@ -235,7 +235,7 @@ def test_vitdet_macs_decrease_with_r(det: ViTDet, mode: str) -> None:
     x = _images()
     macs = []
     for r in (0, 4, 12, 24):
-        tome = build_runner(det, ToMeConfig(r=r, global_attn=mode))
+        tome = make_runner(det, ToMeConfig(r=r, global_attn=mode))
         with MacCounter() as counter:
             tome.step(x, tome.new_state())
         macs.append(counter.macs(SCOPES))
@@ -247,7 +247,7 @@ def test_vitdet_merged_global_attention_is_cheaper(det: ViTDet) -> None:
     x = _images()
     macs = {}
     for mode in ("unmerge", "merged"):
-        tome = build_runner(det, ToMeConfig(r=12, global_attn=mode))
+        tome = make_runner(det, ToMeConfig(r=12, global_attn=mode))
         with MacCounter() as counter:
             tome.step(x, tome.new_state())
         macs[mode] = counter.macs(SCOPES)
@@ -256,7 +256,7 @@ def test_vitdet_merged_global_attention_is_cheaper(det: ViTDet) -> None:
 
 @pytest.mark.parametrize("mode", ["unmerge", "merged"])
 def test_vitdet_batch_items_are_independent(det: ViTDet, mode: str) -> None:
-    tome = build_runner(det, ToMeConfig(r=12, global_attn=mode))
+    tome = make_runner(det, ToMeConfig(r=12, global_attn=mode))
     x = torch.cat([_images(seed=5), _images(seed=6)])
     batched = tome.step(x, tome.new_state()).features["p4"]
     for i in range(2):
@@ -266,7 +266,7 @@ def test_vitdet_batch_items_are_independent(det: ViTDet, mode: str) -> None:
 
 def test_vitdet_constant_image(det: ViTDet) -> None:
     # every patch embedding is equal, so tokens differ by position only (many near-ties); front-loaded merging
-    tome = build_runner(det, ToMeConfig(keep_ratio=0.25, spread="front"))
+    tome = make_runner(det, ToMeConfig(keep_ratio=0.25, spread="front"))
     out = tome.step(torch.zeros(1, 3, DET.img_size, DET.img_size), tome.new_state())
     assert out.num_kept == 25 and all(torch.isfinite(f).all() for f in out.features.values())
 
@@ -276,7 +276,7 @@ def test_vitdet_constant_image(det: ViTDet) -> None:
 
 def test_vivit_r0_equals_dense(viv: ViViT) -> None:
     clip = _clip(batch=2)
-    tome = build_runner(viv, ToMeConfig(r=0))
+    tome = make_runner(viv, ToMeConfig(r=0))
     out = run_clip(tome, clip)
     assert torch.equal(out.logits, viv(clip))
     assert torch.equal(out.pooled, viv.spatial_features(clip))
@@ -284,7 +284,7 @@ def test_vivit_r0_equals_dense(viv: ViViT) -> None:
 
 
 def test_vivit_cls_is_never_merged(viv: ViViT) -> None:
-    tome = build_runner(viv, ToMeConfig(r=100))  # as much as the cap allows: 36 -> 18 -> 9 -> 5 patch tokens
+    tome = make_runner(viv, ToMeConfig(r=100))  # as much as the cap allows: 36 -> 18 -> 9 -> 5 patch tokens
     plan = tome.schedule(VIV.num_tokens)
     assert plan == [18, 9, 4]
     embeds = viv.embed(_clip(batch=2))[:, 0]  # (2, N, C)
@@ -301,7 +301,7 @@ def test_vivit_macs_decrease_with_r(viv: ViViT) -> None:
     clip = _clip()
     macs = []
     for r in (0, 3, 6, 12):
-        tome = build_runner(viv, ToMeConfig(r=r))
+        tome = make_runner(viv, ToMeConfig(r=r))
         with MacCounter() as counter:
             run_clip(tome, clip)
         macs.append(counter.macs(SCOPES))
@@ -310,7 +310,7 @@ def test_vivit_macs_decrease_with_r(viv: ViViT) -> None:
 
 @pytest.mark.parametrize("prop_attn", [True, False])
 def test_vivit_batch_items_are_independent(viv: ViViT, prop_attn: bool) -> None:
-    tome = build_runner(viv, ToMeConfig(keep_ratio=0.4, prop_attn=prop_attn))
+    tome = make_runner(viv, ToMeConfig(keep_ratio=0.4, prop_attn=prop_attn))
     clip = torch.cat([_clip(seed=1), _clip(seed=2)])
     out = run_clip(tome, clip)
     batched = out.pooled  # (2, steps, C); the random classifier's logits barely depend on them

@@ -21,7 +21,7 @@ from rgtp.models.vivit import ViViT
 from rgtp.presets import PAPER
 from rgtp.pruning.schedule import FrameKind
 from rgtp.runtime.driver import run_clip, stream
-from rgtp.runtime.methods import build_runner
+from rgtp.runtime.methods import make_runner
 from rgtp.runtime.selectors import Selector, UniformSelector, build_selector
 
 __all__ = ["FULL_FRACTION_VID_VAL", "Accounting", "count_preset"]
@@ -46,12 +46,11 @@ class Accounting:
     paper: dict[str, Any] = field(default_factory=dict)
     method: str = "dense"
     note: str = ""  # how a data-dependent count was counted
+    frame_gmacs: dict[str, float] = field(default_factory=dict)  # ViTDet: GMACs (paper scopes) per step kind
 
     def step_gmacs(self, kind: FrameKind | str) -> float:
-        """GMACs (paper scopes) of a ViTDet frame of this kind."""
-        full = FrameKind(kind) is FrameKind.FULL
-        value = self.full_frame_gmacs if full or self.pruned_frame_gmacs is None else self.pruned_frame_gmacs
-        return float(value if value is not None else self.pruned_frame_gmacs or 0.0)
+        """GMACs (paper scopes) of a ViTDet frame of this kind (every kind the preset's schedule makes is counted)."""
+        return self.frame_gmacs[FrameKind(kind).value]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +65,7 @@ def count_preset(preset: Preset) -> Accounting:
     with torch.device("meta"):
         model = ViTDet(preset.model) if isinstance(preset.model, ViTDetConfig) else ViViT(preset.model)
     acc.num_tokens = preset.model.num_tokens
-    runner = build_runner(model, preset.method_config, selector=_nominal(preset, acc))
+    runner = make_runner(model, preset.method_config, selector=_nominal(preset, acc))
     if isinstance(model, ViTDet):
         _count_frames(preset, runner, acc)
     else:
@@ -75,9 +74,10 @@ def count_preset(preset: Preset) -> Accounting:
 
 
 def _nominal(preset: Preset, acc: Accounting) -> Selector | None:
-    """For a selector whose kept count depends on the data, a stand-in keeping the count its keep ratio gives."""
+    """For a selector whose kept count depends on the data, a stand-in keeping the count its keep ratio gives (grid
+    models: the data-dependent selectors read detections, which class-token models have not)."""
     cfg = preset.method_config
-    if not isinstance(cfg, RGTPConfig) or not build_selector(cfg).data_dependent:
+    if not isinstance(cfg, RGTPConfig) or preset.family != "vitdet" or not build_selector(cfg).data_dependent:
         return None
     acc.note = (
         f"selection policy {cfg.selection.policy!r} keeps a data-dependent number of tokens; pruned steps are "
@@ -87,23 +87,25 @@ def _nominal(preset: Preset, acc: Accounting) -> Selector | None:
 
 
 def _count_frames(preset: Preset, runner: Any, acc: Accounting) -> None:
-    """Step meta frames until a FULL frame and a reduced one (or 64 frames of one kind) have been counted."""
+    """Step meta frames until every kind of step of the schedule has been counted: the first step, the first reduced
+    one and, with grid reset steps, the first of those (at most 64 frames)."""
     size = preset.model.img_size
     images = torch.empty(1, 3, size, size, device="meta")
+    cfg = preset.method_config
+    grid_resets = isinstance(cfg, RGTPConfig) and cfg.schedule.reset_mode == "grid" and cfg.schedule.reset_every
     for tick in stream(runner, (images for _ in range(64)), count=True):
         kind, macs = tick.output.kind, tick.macs
         assert macs is not None
-        gmacs = sum(v for k, v in macs.items() if k in ("backbone", "rgtp")) / 1e9
         if kind.value not in acc.kept:
             acc.kept[kind.value] = tick.output.num_kept
             acc.breakdown_gmacs[kind.value] = {k: v / 1e9 for k, v in sorted(macs.items())}
-            if kind is FrameKind.FULL:
-                acc.full_frame_gmacs = gmacs
-            else:
-                acc.pruned_frame_gmacs = gmacs
-        if acc.pruned_frame_gmacs is not None or runner.stateless:
+            acc.frame_gmacs[kind.value] = sum(v for k, v in macs.items() if k in ("backbone", "rgtp")) / 1e9
+        reduced = [k for k in acc.kept if k not in (FrameKind.FULL.value, FrameKind.GRID.value)]
+        if runner.stateless or (reduced and (not grid_resets or FrameKind.GRID.value in acc.kept)):
             break
-    full, pruned = acc.full_frame_gmacs, acc.pruned_frame_gmacs
+    full = acc.frame_gmacs.get(FrameKind.FULL.value)
+    pruned = next((acc.frame_gmacs[k] for k in acc.kept if k not in (FrameKind.FULL.value, FrameKind.GRID.value)), None)
+    acc.full_frame_gmacs, acc.pruned_frame_gmacs = full, pruned
     if full is not None and pruned is not None:
         acc.vid_avg_gmacs = FULL_FRACTION_VID_VAL * full + (1 - FULL_FRACTION_VID_VAL) * pruned
     else:

@@ -13,7 +13,7 @@ from torch import nn
 from rgtp.config import Preset, ViTDetConfig, ViViTConfig
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
-from rgtp.runtime.methods import build_runner as _build_runner
+from rgtp.runtime.methods import make_runner
 
 __all__ = [
     "ModelPool",
@@ -57,7 +57,7 @@ def build_runner(preset: Preset, model: nn.Module) -> Any:
     """The runner of the preset's method on ``model`` (from :func:`build_model`), with its detector attached to
     ViTDet presets that have a detection head."""
     head = model.detect if isinstance(model, ViTDet) and model.head is not None else None
-    return _build_runner(model, preset.method_config, head)
+    return make_runner(model, preset.method_config, head)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

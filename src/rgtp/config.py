@@ -195,12 +195,14 @@ class SelectionConfig:
     # What chooses the tokens of ROLLOUT steps. rollout: the method. The others are the benchmark's baselines and
     # ablations, run through the same pipeline (buffers, schedule): uniform / random subsets of the same size, or
     # (ViTDet) the tokens inside the previous frame's boxes grown by box_margin tokens (MaskVD-style; no rollout).
-    policy: Literal["rollout", "uniform", "random", "boxes"] = "rollout"
+    policy: str = "rollout"  # a name in rgtp.runtime.selectors.SELECTORS (register_selector adds one)
     box_margin: int = 1
     seed: int = 0  # policy random: the draws of step t are seeded by (seed, t)
 
     def __post_init__(self) -> None:
-        _one_of("policy", self.policy, ("rollout", "uniform", "random", "boxes"))
+        from rgtp.runtime.selectors import SELECTORS  # the registry: a registered selector is a valid policy
+
+        _one_of("policy", self.policy, tuple(SELECTORS))
         _check(self.box_margin >= 0, f"box_margin must be >= 0, got {self.box_margin}")
         _check(0.0 < self.keep_ratio <= 1.0, f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         _check(0.0 < self.fg_ratio <= 1.0, f"fg_ratio must be in (0, 1], got {self.fg_ratio}")
@@ -499,8 +501,9 @@ def override(cfg: T, assignment: str) -> T:
     node, obj = data, cfg
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        value = getattr(obj, part, None) if dataclasses.is_dataclass(obj) else None
-        section = type(value) if dataclasses.is_dataclass(value) else _section_type(type(obj), part)
+        value = getattr(obj, part, None) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else None
+        cls = obj if isinstance(obj, type) else type(obj)
+        section = type(value) if dataclasses.is_dataclass(value) else _section_type(cls, part)
         _check(section is not None, f"override {key!r}: {part!r} is not a config section")
         if node.get(part) is None:
             node[part] = _defaults(section)  # type: ignore[arg-type]

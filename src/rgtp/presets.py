@@ -7,6 +7,7 @@ and ``motions_*`` presets are the offline benchmark's models (:mod:`rgtp.bench`)
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,11 +16,13 @@ from functools import partial
 from rgtp.config import (
     ConfigError,
     DetectorConfig,
+    EventfulConfig,
     Preset,
     RGTPConfig,
     RolloutConfig,
     ScheduleConfig,
     SelectionConfig,
+    ToMeConfig,
     TrackingConfig,
     ViTDetConfig,
     ViViTConfig,
@@ -240,3 +243,29 @@ register("pedestrians_det_base", partial(_small_det, "pedestrians_det_base", "pe
 register("pedestrians_det_rgtp", partial(_small_det, "pedestrians_det_rgtp", "pedestrians", 0.3))
 register("motions_base", partial(_small_vivit, "motions_base", None))
 register("motions_rgtp", partial(_small_vivit, "motions_rgtp", 0.3))
+
+
+def _peer(name: str, base: str, method: EventfulConfig | ToMeConfig) -> Preset:
+    """A comparison method on a benchmark model, at the setting ``rgtp bench`` measures nearest RGTP's budget."""
+    preset = get_preset(base)
+    section = "eventful" if isinstance(method, EventfulConfig) else "tome"
+    label = (
+        f"Eventful-style gating keep_ratio={method.keep_ratio}"
+        if section == "eventful"
+        else (f"ToMe-style merging keep_ratio={method.keep_ratio}")
+    )
+    what = preset.description.rsplit(": ", 1)[0]
+    return dataclasses.replace(preset, name=name, description=f"{what}: {label}", **{section: method})
+
+
+register(
+    "shapes_det_eventful", partial(_peer, "shapes_det_eventful", "shapes_det_base", EventfulConfig(keep_ratio=0.3))
+)
+register(
+    "shapes_det_tome",
+    partial(
+        _peer, "shapes_det_tome", "shapes_det_base", ToMeConfig(keep_ratio=0.35, spread="front", global_attn="merged")
+    ),
+)
+register("motions_eventful", partial(_peer, "motions_eventful", "motions_base", EventfulConfig(keep_ratio=0.3)))
+register("motions_tome", partial(_peer, "motions_tome", "motions_base", ToMeConfig(keep_ratio=0.35, spread="front")))

@@ -44,35 +44,38 @@ def _timm(model: Any) -> Any:
     return TimmViTAdapter(model)
 
 
-#: Adapter builders by model class name.
-ADAPTERS: dict[str, Callable[[Any], Any]] = {
-    "ViTDet": _native,
-    "ViViT": _native,
-    "VitDetBackbone": _hf("vitdet"),
-    "VitDetModel": _hf("vitdet"),
-    "ViTModel": _hf("vit"),
-    "Dinov2Model": _hf("dinov2"),
-    "Dinov2WithRegistersModel": _hf("dinov2"),
-    "CLIPVisionModel": _hf("clip"),
-    "VisionTransformer": _timm,
+#: Adapter builders by model class name, with the package the class must come from.
+ADAPTERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "ViTDet": ("rgtp", _native),
+    "ViViT": ("rgtp", _native),
+    "VitDetBackbone": ("transformers", _hf("vitdet")),
+    "VitDetModel": ("transformers", _hf("vitdet")),
+    "ViTModel": ("transformers", _hf("vit")),
+    "Dinov2Model": ("transformers", _hf("dinov2")),
+    "Dinov2WithRegistersModel": ("transformers", _hf("dinov2")),
+    "CLIPVisionModel": ("transformers", _hf("clip")),
+    "VisionTransformer": ("timm", _timm),
 }
 
 
-def register_adapter(class_name: str, builder: Callable[[Any], Any]) -> None:
-    """Add the view builder of models of class ``class_name``."""
+def register_adapter(class_name: str, package: str, builder: Callable[[Any], Any]) -> None:
+    """Add the view builder of models of class ``class_name`` from ``package`` (the first part of the module)."""
     if class_name in ADAPTERS:
         raise ValueError(f"adapter for {class_name!r} registered twice")
-    ADAPTERS[class_name] = builder
+    ADAPTERS[class_name] = (package, builder)
 
 
 def adapter_for(model: Any) -> Any:
     """The block-protocol view of ``model`` (itself, when it already is one: it has ``family`` and ``blocks``)."""
     if hasattr(model, "family") and hasattr(model, "blocks"):
         return model
-    name = type(model).__name__
-    if name not in ADAPTERS:
+    cls = type(model)
+    package = cls.__module__.split(".")[0]
+    entry = ADAPTERS.get(cls.__name__)
+    if entry is None or entry[0] != package:
+        supported = ", ".join(f"{p}'s {name}" for name, (p, _) in sorted(ADAPTERS.items()))
         raise AdapterError(
-            f"rgtp cannot drive a {name}: supported models are {', '.join(sorted(ADAPTERS))} "
+            f"rgtp cannot drive a {cls.__name__} from {package}: supported models are {supported} "
             "(or register_adapter() a view of the block protocol)"
         )
-    return ADAPTERS[name](model)
+    return entry[1](model)

@@ -11,7 +11,6 @@ resumes where it stopped.
 from __future__ import annotations
 
 import logging
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from rgtp.models.vitdet import ViTDet, preprocess_frame
 from rgtp.models.vivit import ViViT, predict_views
 from rgtp.progress import progress_bar
 from rgtp.runtime.driver import run_clip, stream
-from rgtp.timing import stopwatch
+from rgtp.timing import Case, device_sync, measure_interleaved, summarize
 
 __all__ = ["ClipSet", "FrameSet", "evaluate_action", "evaluate_detection", "prepare_clips", "prepare_frames"]
 
@@ -93,17 +92,16 @@ def _detect_all(variant: Variant, model: ViTDet, frames: FrameSet, bar: Any) -> 
     }
 
 
-def _time_frames(variant: Variant, model: ViTDet, frames: FrameSet, count: int) -> float:
-    """Mean ms per frame over the first ``count`` frames of the first sequence(s), from a fresh state."""
+def _play_frames(variant: Variant, model: ViTDet, frames: FrameSet, count: int) -> int:
+    """Run the first ``count`` frames of the first sequence(s), each sequence from a fresh state (a timing
+    workload); returns the frames run."""
     runner = build_variant(variant, model)
-    elapsed, done = 0.0, 0
+    done = 0
     for sequence in frames.sequences:
-        for tick in stream(runner, (image[None] for image, _ in sequence[: count - done]), timed=True):
-            elapsed += tick.seconds or 0.0
-            done += 1
+        done += sum(1 for _ in stream(runner, (image[None] for image, _ in sequence[: count - done])))
         if done >= count:
             break
-    return 1e3 * elapsed / max(done, 1)
+    return done
 
 
 def evaluate_detection(
@@ -120,7 +118,7 @@ def evaluate_detection(
         variants,
         log,
         lambda v, bar: _detect_all(v, model, frames, bar),
-        lambda v: _time_frames(v, model, frames, timing_frames),
+        lambda v: _play_frames(v, model, frames, timing_frames),
         frames.num_frames,
         timing_rounds if timing_frames > 0 else 0,
         "frame",
@@ -177,14 +175,14 @@ def _classify_all(variant: Variant, model: ViViT, clips: ClipSet, batch: int, ba
     }
 
 
-def _time_clips(variant: Variant, model: ViViT, clips: ClipSet, count: int) -> float:
-    """Mean ms per clip (all its views) over the first ``count`` clips, one clip at a time (streaming)."""
+def _play_clips(variant: Variant, model: ViViT, clips: ClipSet, count: int) -> int:
+    """Run the first ``count`` clips (all their views), one clip at a time as a stream would (a timing workload);
+    returns the clips run."""
     runner = build_variant(variant, model)
     inputs = [clips.batch(i, i + 1) for i in range(min(count, len(clips)))]
-    with stopwatch(inputs[0].device if inputs else "cpu") as elapsed:
-        for x in inputs:
-            run_clip(runner, x)
-    return 1e3 * elapsed[0] / max(len(inputs), 1)
+    for x in inputs:
+        run_clip(runner, x)
+    return len(inputs)
 
 
 def evaluate_action(
@@ -202,7 +200,7 @@ def evaluate_action(
         variants,
         log,
         lambda v, bar: _classify_all(v, model, clips, batch, bar),
-        lambda v: _time_clips(v, model, clips, timing_clips),
+        lambda v: _play_clips(v, model, clips, timing_clips),
         len(clips),
         timing_rounds if timing_clips > 0 else 0,
         "clip",
@@ -218,7 +216,7 @@ def _evaluate(
     variants: Sequence[Variant],
     log: ResultLog,
     run: Any,
-    time_one: Any,
+    play: Any,
     units: int,
     rounds: int,
     unit: str,
@@ -241,31 +239,35 @@ def _evaluate(
             log.append(key, record)
             records[variant.name] = record
             logger.info("%s: accuracy %.2f, %.4f GMACs per %s", variant.name, record["accuracy"], record["gmacs"], unit)
-        timings = _timings(variants, log, done, time_one, rounds)
+        timings = _timings(variants, log, done, play, rounds)
     for name, ms in timings.items():
         records[name][f"ms_per_{unit}"] = ms
     return [records[v.name] for v in variants]
 
 
 def _timings(
-    variants: Sequence[Variant], log: ResultLog, done: dict[str, Any], time_one: Any, rounds: int
+    variants: Sequence[Variant], log: ResultLog, done: dict[str, Any], play: Any, rounds: int
 ) -> dict[str, float]:
-    """Median over rounds of each variant's mean time; every round runs all variants in turn (logged per round)."""
+    """Median over rounds of each variant's time per unit; every round times all variants in turn with
+    :func:`rgtp.timing.measure_interleaved` (device synchronised; one warm-up round first), logged per round."""
     if rounds <= 0:
         return {}
     samples: dict[str, list[float]] = {v.name: [] for v in variants}
-    warm = False
+    units: dict[str, int] = {}
+
+    def case(v: Variant) -> Case:
+        return Case(v.name, lambda _: units.__setitem__(v.name, play(v)))
+
+    warmup = 1
     for r in range(rounds):
         key = f"time/{r}"
         if key in done and set(done[key]["ms"]) >= set(samples):
             row = done[key]["ms"]
         else:
-            if not warm:
-                for v in variants:
-                    time_one(v)  # warm-up before the first timed round: allocations, first-call dispatch
-                warm = True
-            row = {v.name: time_one(v) for v in variants}
+            taken = measure_interleaved([case(v) for v in variants], warmup, 1, device_sync())
+            row = {name: ms[0] / max(units[name], 1) for name, ms in taken.items()}  # per frame or clip
             log.append(key, {"ms": row})
+            warmup = 0
         for name in samples:
             samples[name].append(row[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: summarize(values).median_ms for name, values in samples.items()}

@@ -3,7 +3,7 @@
 A :class:`Variant` is one point of one method: RGTP and its ablations, the naive subsets and the MaskVD-style box
 tokens are :class:`~rgtp.config.RGTPConfig` variants that run through the same pipeline (same buffers, same
 schedule, only the selector or one ingredient differs); Eventful-style gating and ToMe-style merging have their own
-configs. Every variant's runner is built through the method registry (:func:`~rgtp.runtime.methods.build_runner`)
+configs. Every variant's runner is built through the method registry (:func:`~rgtp.runtime.methods.make_runner`)
 and follows the one runner contract, so the evaluation code does not know which method it runs.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from rgtp.config import EventfulConfig, RGTPConfig, ToMeConfig
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
-from rgtp.runtime.methods import build_runner
+from rgtp.runtime.methods import make_runner
 
 __all__ = [
     "ABLATIONS",
@@ -131,4 +131,4 @@ def select_methods(variants: Sequence[Variant], methods: Sequence[str] | None) -
 def build_variant(variant: Variant, model: ViTDet | ViViT) -> Any:
     """The runner of a variant on the task's model, built through the method registry (ViTDet: with its detector)."""
     head = model.detect if isinstance(model, ViTDet) and model.head is not None else None
-    return build_runner(model, variant.config, head)
+    return make_runner(model, variant.config, head)

@@ -17,8 +17,6 @@ from rgtp.models.attention import (
     AttentionSpec,
     attend,
     rel_pos_table,
-    rel_terms,
-    split_heads,
     window_partition,
     window_unpartition,
 )
@@ -114,10 +112,6 @@ class Attention(nn.Module):
             self.qkv.bias,
         )
 
-    def split_heads(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, n, 3C) -> q, k, v, each (B, heads, n, head_dim)."""
-        return split_heads(qkv, self.num_heads)
-
     def attend(
         self,
         qkv: Tensor,
@@ -129,10 +123,6 @@ class Attention(nn.Module):
         """Attention of the queries ``query_idx`` (all if None) over all N keys and values (see
         :func:`~rgtp.models.attention.attend`)."""
         return attend(self.spec, qkv, grid, query_idx, need_probs, need_keys)
-
-    def rel_terms(self, q: Tensor, grid: tuple[int, int], query_idx: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Decomposed relative-position terms (see :func:`~rgtp.models.attention.rel_terms`)."""
-        return rel_terms(self.spec, q, grid, query_idx)
 
 
 class Block(nn.Module):

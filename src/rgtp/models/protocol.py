@@ -22,16 +22,15 @@ A block (:class:`BlockOps`) is pre-norm: ``x + proj(attention(qkv(norm1(x))))``,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from torch import Tensor
 
 from rgtp.models.attention import AttentionSpec, attend
 
-__all__ = ["BlockOps", "ClassModel", "GridModel", "block_forward", "mlp_residual"]
+__all__ = ["BlockOps", "ClassModel", "GridModel", "block_forward", "mlp_residual", "with_position"]
 
 
-@runtime_checkable
 class BlockOps(Protocol):
     """One transformer block, split where the methods act."""
 
@@ -61,8 +60,8 @@ class GridModel(Protocol):
         """(B, 3, H, W) -> ((B, N, C) patch embeddings before positions, their (h, w) grid)."""
         ...
 
-    def position(self, grid: tuple[int, int]) -> Tensor:
-        """The absolute position term added to the embeddings: (1, N, C)."""
+    def position(self, grid: tuple[int, int]) -> Tensor | None:
+        """The absolute position term added to the embeddings: (1, N, C), or None for a model without one."""
         ...
 
     def outputs(self, blocks: dict[int, Tensor], grid: tuple[int, int]) -> dict[str, Tensor]:
@@ -101,3 +100,8 @@ def block_forward(blk: BlockOps, x: Tensor, grid: tuple[int, int] | None) -> Ten
     """The dense block: (B, N, C) -> (B, N, C)."""
     x = x + blk.proj(attend(blk.spec, blk.qkv(blk.norm1(x)), grid).out)
     return mlp_residual(blk, x)
+
+
+def with_position(embeds: Tensor, position: Tensor | None) -> Tensor:
+    """Embeddings plus the absolute position term, if the model has one: (B, N, C)."""
+    return embeds if position is None else embeds + position

@@ -83,6 +83,7 @@ class RGTPState(StreamState):
             block's grid for the neck; class-token models with dense outputs: the last block's P + N tokens).
         attn_rows: per global block index, the (B, n, n) fused attention rows of grid models' rollout
             (n = N, or N / pool**2 for the pooled rollout).
+        grid: the (h, w) token grid of step t-1 (a stream keeps one size between full steps).
     """
 
     importance: Tensor | None = None
@@ -90,3 +91,4 @@ class RGTPState(StreamState):
     qkv: dict[int, Tensor] = field(default_factory=dict)
     outputs: dict[int, Tensor] = field(default_factory=dict)
     attn_rows: dict[int, Tensor] = field(default_factory=dict)
+    grid: tuple[int, int] | None = None

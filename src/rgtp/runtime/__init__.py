@@ -5,7 +5,7 @@
 - :mod:`~rgtp.runtime.selectors`: what chooses the kept tokens (the rollout, and the baselines' selections);
 - :mod:`~rgtp.runtime.dense`, :mod:`~rgtp.runtime.eventful`, :mod:`~rgtp.runtime.tome`: the dense model and the
   comparison methods behind the same contract;
-- :mod:`~rgtp.runtime.methods`: the method registry and :func:`build_runner`;
+- :mod:`~rgtp.runtime.methods`: the method registry and :func:`make_runner`;
 - :mod:`~rgtp.runtime.driver`: :func:`stream` and :func:`run_clip`, the one loop over frames.
 """
 
@@ -16,7 +16,7 @@ from rgtp.runtime.dense import DenseClass, DenseGrid
 from rgtp.runtime.driver import ClipOutput, Tick, run_clip, stream
 from rgtp.runtime.eventful import EventfulClass, EventfulGrid, EventfulState
 from rgtp.runtime.grid_loop import RGTPGrid
-from rgtp.runtime.methods import METHODS, build_runner, method_name, register_method
+from rgtp.runtime.methods import METHODS, make_runner, method_name, register_method
 from rgtp.runtime.selectors import SELECTORS, ForcedSelector, Selector, register_selector
 from rgtp.runtime.tome import ToMeClass, ToMeGrid
 
@@ -41,7 +41,7 @@ __all__ = [
     "Tick",
     "ToMeClass",
     "ToMeGrid",
-    "build_runner",
+    "make_runner",
     "method_name",
     "register_method",
     "register_selector",

@@ -22,7 +22,7 @@ from rgtp.pruning.rollout import fuse_heads, normalize_sum, rollout_relevance
 from rgtp.pruning.schedule import FrameKind, frame_kind
 from rgtp.pruning.selection import complement, match_pruned
 from rgtp.pruning.state import RGTPState
-from rgtp.runtime.common import fill_pruned, gather_tokens, one_hot_first, scatter_rows_
+from rgtp.runtime.common import check_stream, fill_pruned, gather_tokens, one_hot_first, prefix_rows, scatter_rows_
 from rgtp.runtime.contract import ClassStep
 from rgtp.runtime.selectors import Guide, Selector, build_selector, plan_tokens
 
@@ -61,11 +61,7 @@ class RGTPClass:
         cfg, model, p = self.cfg, self.model, self.model.num_prefix
         kind = frame_kind(state.t, cfg.schedule.reset_every, cfg.schedule.reset_mode)
         embeds, grid = model.embed(inputs)  # (B, N, C)
-        if kind is not FrameKind.FULL and state.features is not None and state.features.shape != embeds.shape:
-            raise ValueError(
-                f"the frame's tokens {tuple(embeds.shape)} differ from the stream's previous frame "
-                f"{tuple(state.features.shape)}: one stream has one size (reset() between videos)"
-            )
+        check_stream(state, embeds, grid, kind)
         x = model.tokens(embeds, grid)  # (B, P + N, C)
         blk, rollout = model.blocks[0], self.selector.uses_rollout
         need_keys = rollout and kind is not FrameKind.FULL and cfg.rollout.pruned_fill == "match"
@@ -95,7 +91,7 @@ class RGTPClass:
             importance = self.selector.guide(Guide(lambda: self._importance(fused, keep, prune, state, match), None))
         num_kept = embeds.shape[1] if keep is None else keep.shape[1]
         out = ClassStep(state.t, kind, num_kept, keep, scores, importance, pooled, tokens)
-        state.importance, state.features, state.t = importance, embeds, state.t + 1
+        state.importance, state.features, state.grid, state.t = importance, embeds, grid, state.t + 1
         return out
 
     def _whole(self, state: RGTPState, x: Tensor, keep: Tensor | None) -> Tensor:
@@ -106,8 +102,7 @@ class RGTPClass:
             return x
         if last not in state.outputs:
             raise RuntimeError("the output buffer is empty: the stream must start with a full step (reset())")
-        p = self.model.num_prefix
-        rows = torch.cat([torch.arange(p, device=keep.device).expand(keep.shape[0], -1), keep + p], dim=1)
+        rows = prefix_rows(keep, self.model.num_prefix)  # (B, P + K)
         return scatter_rows_(state.outputs[last], rows, x).clone()  # (B, P + N, C), not the buffer itself
 
     def _importance(
@@ -121,11 +116,10 @@ class RGTPClass:
         """Class-token rollout restricted to the kept tokens, placed on the grid, pruned tokens filled: (B, N)."""
         p = self.model.num_prefix
         b, n = fused[0].shape[0], fused[0].shape[-1] - p
-        first_keep = None
-        if keep is not None:
-            prefix = torch.arange(p, device=keep.device).expand(b, -1)  # (B, P)
-            first_keep = torch.cat([prefix, keep + p], dim=1)  # (B, P + K): prefix tokens, kept tokens
-        weights = one_hot_first(b, fused[-1].shape[-1], fused[0])
+        first_keep = None if keep is None else prefix_rows(keep, p)  # (B, P + K): prefix tokens, kept tokens
+        rows = fused[-1].shape[-1]
+        # the class token's output; without prefix tokens (a model pooling the mean of its tokens), every token's
+        weights = one_hot_first(b, rows, fused[0]) if p else fused[0].new_full((b, rows), 1.0 / rows)
         relevance = rollout_relevance(fused, weights, self.cfg.rollout.form, first_keep)[:, p:]  # (B, K)
         if keep is None:
             return normalize_sum(relevance)

@@ -8,8 +8,18 @@ from torch import Tensor
 from rgtp.config import RGTPConfig
 from rgtp.pruning.schedule import FrameKind
 from rgtp.pruning.selection import fg_bg_count, grid_pattern
+from rgtp.pruning.state import RGTPState
 
-__all__ = ["buffered", "fill_pruned", "gather_tokens", "kept_count", "one_hot_first", "scatter_rows_"]
+__all__ = [
+    "buffered",
+    "check_stream",
+    "fill_pruned",
+    "gather_tokens",
+    "kept_count",
+    "one_hot_first",
+    "prefix_rows",
+    "scatter_rows_",
+]
 
 
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
@@ -71,3 +81,21 @@ def buffered(buffers: dict[int, Tensor], key: int, rows: Tensor, keep: Tensor | 
             raise RuntimeError(f"buffer {key} is empty: the stream must start with a full step (reset())")
         scatter_rows_(buffers[key], keep, rows)
     return buffers[key]
+
+
+def prefix_rows(keep: Tensor, num_prefix: int) -> Tensor:
+    """Rows of the prefix tokens and the kept patch tokens in a (B, P + N, C) sequence: (B, K) -> (B, P + K)."""
+    prefix = torch.arange(num_prefix, device=keep.device).expand(keep.shape[0], -1)  # (B, P)
+    return torch.cat([prefix, keep + num_prefix], dim=1)
+
+
+def check_stream(state: RGTPState, embeds: Tensor, grid: tuple[int, int], kind: FrameKind) -> None:
+    """A step that reuses the stream's buffers must have the previous step's batch and token grid."""
+    if kind is FrameKind.FULL or state.features is None:
+        return
+    if state.features.shape != embeds.shape or state.grid != grid:
+        raise ValueError(
+            f"the frame's tokens {tuple(embeds.shape)} on a {grid} grid differ from the stream's previous frame "
+            f"({tuple(state.features.shape)} on {state.grid}): one stream has one batch and frame size "
+            "(reset() between videos)"
+        )

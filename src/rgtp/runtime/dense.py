@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rgtp.models.protocol import ClassModel, GridModel, block_forward
+from rgtp.models.protocol import ClassModel, GridModel, block_forward, with_position
 from rgtp.pruning.schedule import FrameKind
 from rgtp.pruning.state import StreamState
 from rgtp.runtime.contract import ClassStep, GridStep
@@ -29,7 +29,7 @@ class DenseGrid(GridRunner):
     def step(self, images: Tensor, state: StreamState) -> GridStep:
         """(B, 3, H, W) preprocessed frames."""
         embeds, grid = self.model.embed(images)  # (B, N, C)
-        x = embeds + self.model.position(grid)
+        x = with_position(embeds, self.model.position(grid))
         wanted = self.model.output_blocks
         buffers = {-1: x} if -1 in wanted else {}
         for i, blk in enumerate(self.model.blocks):

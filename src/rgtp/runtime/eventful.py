@@ -44,7 +44,7 @@ from torch import Tensor
 from rgtp.config import EventfulConfig
 from rgtp.flops import scope
 from rgtp.models.attention import AttentionSpec, attend, rel_terms, split_heads
-from rgtp.models.protocol import BlockOps, ClassModel, GridModel
+from rgtp.models.protocol import BlockOps, ClassModel, GridModel, with_position
 from rgtp.pruning.schedule import FrameKind
 from rgtp.pruning.state import StreamState
 from rgtp.runtime.common import gather_tokens, scatter_rows_
@@ -265,7 +265,7 @@ class EventfulGrid(GridRunner):
         embeds, grid = self.model.embed(images)  # (B, N, C)
         k = self.cfg.tokens(embeds.shape[1])
         dense = self._gated.is_dense(state.t)
-        x = embeds + self.model.position(grid)
+        x = with_position(embeds, self.model.position(grid))
         wanted = self.model.output_blocks
         buffers = {-1: x} if -1 in wanted else {}
         keep = scores = None

@@ -19,7 +19,7 @@ from rgtp.config import RGTPConfig
 from rgtp.flops import scope
 from rgtp.models.attention import attend
 from rgtp.models.frcnn import Detections
-from rgtp.models.protocol import GridModel, mlp_residual
+from rgtp.models.protocol import GridModel, mlp_residual, with_position
 from rgtp.pruning.rollout import (
     anchor_mask,
     check_pool,
@@ -34,7 +34,7 @@ from rgtp.pruning.rollout import (
 from rgtp.pruning.schedule import FrameKind, frame_kind
 from rgtp.pruning.selection import complement, match_pruned
 from rgtp.pruning.state import RGTPState
-from rgtp.runtime.common import buffered, fill_pruned, gather_tokens, scatter_rows_
+from rgtp.runtime.common import buffered, check_stream, fill_pruned, gather_tokens, scatter_rows_
 from rgtp.runtime.contract import GridStep
 from rgtp.runtime.selectors import Guide, Selector, build_selector, plan_tokens
 
@@ -60,7 +60,9 @@ class GridRunner:
         with scope("head"):
             return self.head(features)
 
-    def outputs(self, buffers: dict[int, Tensor], grid: tuple[int, int]) -> tuple[dict[str, Tensor], list | None]:
+    def outputs(
+        self, buffers: dict[int, Tensor], grid: tuple[int, int]
+    ) -> tuple[dict[str, Tensor], list[Detections] | None]:
         """(the model's outputs from its output blocks' (B, N, C) grids, the head's detections)."""
         features = self.model.outputs(buffers, grid)
         return features, self.detect(features)
@@ -115,8 +117,9 @@ class RGTPGrid(GridRunner):
         cfg, blocks = self.cfg, self.model.blocks
         kind = frame_kind(state.t, cfg.schedule.reset_every, cfg.schedule.reset_mode)
         embeds, grid = self.model.embed(images)  # (B, N, C)
-        _check_grid(state, embeds, kind, grid, cfg.rollout.pool)
-        x = embeds + self.model.position(grid)
+        check_pool(grid, cfg.rollout.pool)
+        check_stream(state, embeds, grid, kind)
+        x = with_position(embeds, self.model.position(grid))
         buffers = {-1: x} if -1 in self.model.output_blocks else {}
 
         # Block 0: attention on every token, then prune, then the MLP on the kept tokens.
@@ -154,7 +157,7 @@ class RGTPGrid(GridRunner):
             importance = self.selector.guide(guide)
         num_kept = embeds.shape[1] if keep is None else keep.shape[1]
         out = GridStep(state.t, kind, num_kept, keep, scores, importance, features, detections)
-        state.importance, state.features, state.t = importance, embeds, state.t + 1
+        state.importance, state.features, state.grid, state.t = importance, embeds, grid, state.t + 1
         return out
 
     def _output(self, buffers: dict[int, Tensor], state: RGTPState, i: int, x: Tensor, keep: Tensor | None) -> Tensor:
@@ -211,13 +214,3 @@ class RGTPGrid(GridRunner):
         self, detections: list[Detections] | None, batch: int, grid: tuple[int, int], device: torch.device
     ) -> Tensor:
         return anchors_of(detections, batch, grid, float(self.model.patch_size), self.cfg.rollout.score_thr, device)
-
-
-def _check_grid(state: RGTPState, embeds: Tensor, kind: FrameKind, grid: tuple[int, int], pool: int) -> None:
-    """A stream keeps one token grid between full steps; the pooled rollout needs a grid the pool divides."""
-    check_pool(grid, pool)
-    if kind is not FrameKind.FULL and state.features is not None and state.features.shape[1] != embeds.shape[1]:
-        raise ValueError(
-            f"the frame's token grid {grid} ({embeds.shape[1]} tokens) differs from the stream's previous frame "
-            f"({state.features.shape[1]} tokens): frames of one stream must have one size (reset() between videos)"
-        )

@@ -1,8 +1,9 @@
 """The method registry: every per-frame method by name, with a runner builder per model family.
 
-``build_runner(model, method)`` is how everything in rgtp constructs a method (the CLI, evaluations, the benchmark,
-compute accounting, :func:`rgtp.adapt`): ``method`` is a method's config (its type names the method; None is the
-dense model) or a registered name. :func:`register_method` adds a method.
+``make_runner(model, method)`` is how everything in rgtp constructs a method (``rgtp.build_runner`` for presets, the
+evaluations, the benchmark, compute accounting, :func:`rgtp.adapt`): ``method`` is a method's config (its type names
+the method; None is the dense model) or a registered name (the method's default config for the model's family).
+:func:`register_method` adds a method.
 """
 
 from __future__ import annotations
@@ -15,90 +16,99 @@ from typing import Any, Union
 from rgtp.adapters import adapter_for
 from rgtp.config import EventfulConfig, RGTPConfig, ToMeConfig
 from rgtp.runtime.cls_loop import RGTPClass
+from rgtp.runtime.contract import Runner
 from rgtp.runtime.dense import DenseClass, DenseGrid
 from rgtp.runtime.eventful import EventfulClass, EventfulGrid
 from rgtp.runtime.grid_loop import DetectionHead, RGTPGrid
 from rgtp.runtime.selectors import Selector
 from rgtp.runtime.tome import ToMeClass, ToMeGrid
 
-__all__ = ["METHODS", "Method", "MethodConfig", "build_runner", "method_name", "register_method"]
+__all__ = ["METHODS", "Method", "MethodConfig", "make_runner", "method_name", "register_method", "with_keep_ratio"]
 
 MethodConfig = Union[RGTPConfig, EventfulConfig, ToMeConfig, None]  # noqa: UP007
-#: builder(model, config, head, selector) -> runner
-Builder = Callable[[Any, Any, DetectionHead | None, Selector | None], Any]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: its config type (None: no settings), its default config per model family, and a runner
-    builder per family ("grid", "cls")."""
+    """A registered method.
+
+    Attributes:
+        config_type: the type of its config (None: it has no settings).
+        defaults: its default config per model family ("grid", "cls").
+        grid / cls: runner builders, (view, config, head, selector) -> runner; ``cls`` builders get no head.
+        keep_ratio: the config with its keep ratio replaced, or None if the method has none.
+    """
 
     config_type: type | None
     defaults: dict[str, Any]
-    builders: dict[str, Builder]
+    grid: Callable[[Any, Any, DetectionHead | None, Selector | None], Any]
+    cls: Callable[[Any, Any, Selector | None], Any]
+    keep_ratio: Callable[[Any, float], Any] | None = None
 
 
-def _no_selector(name: str, selector: Selector | None) -> None:
-    if selector is not None:
-        raise ValueError(f"a token selector is an RGTP setting; method {name!r} takes none")
+def _no_selector(name: str, build: Callable[..., Any]) -> Callable[..., Any]:
+    """A builder for a method that takes no token selector (an RGTP setting)."""
+
+    def checked(*args: Any) -> Any:
+        if args[-1] is not None:
+            raise ValueError(f"a token selector is an RGTP setting; method {name!r} takes none")
+        return build(*args[:-1])
+
+    return checked
 
 
-def _dense_grid(model: Any, cfg: Any, head: DetectionHead | None, selector: Selector | None) -> DenseGrid:
-    _no_selector("dense", selector)
-    return DenseGrid(model, head)
+def _replace(path: str) -> Callable[[Any, float], Any]:
+    """Replace the keep ratio at ``path`` (``keep_ratio`` or ``selection.keep_ratio``), dropping a count given
+    instead (Eventful's ``k``, ToMe's ``r``)."""
+
+    def replace(config: Any, keep_ratio: float) -> Any:
+        if "." in path:
+            section, _ = path.split(".")
+            inner = dataclasses.replace(getattr(config, section), keep_ratio=keep_ratio)
+            return dataclasses.replace(config, **{section: inner})
+        other = {"k": None} if isinstance(config, EventfulConfig) else {"r": None}
+        return dataclasses.replace(config, keep_ratio=keep_ratio, **other)
+
+    return replace
 
 
-def _dense_cls(model: Any, cfg: Any, head: DetectionHead | None, selector: Selector | None) -> DenseClass:
-    _no_selector("dense", selector)
-    return DenseClass(model)
-
-
-def _eventful_grid(model: Any, cfg: Any, head: DetectionHead | None, selector: Selector | None) -> EventfulGrid:
-    _no_selector("eventful", selector)
-    return EventfulGrid(model, cfg, head)
-
-
-def _eventful_cls(model: Any, cfg: Any, head: DetectionHead | None, selector: Selector | None) -> EventfulClass:
-    _no_selector("eventful", selector)
-    return EventfulClass(model, cfg)
-
-
-def _tome_grid(model: Any, cfg: Any, head: DetectionHead | None, selector: Selector | None) -> ToMeGrid:
-    _no_selector("tome", selector)
-    return ToMeGrid(model, cfg, head)
-
-
-def _tome_cls(model: Any, cfg: Any, head: DetectionHead | None, selector: Selector | None) -> ToMeClass:
-    _no_selector("tome", selector)
-    return ToMeClass(model, cfg)
-
-
-def _rgtp_cls(model: Any, cfg: Any, head: DetectionHead | None, selector: Selector | None) -> RGTPClass:
-    return RGTPClass(model, cfg, selector)
-
-
-# RGTP's defaults on a model of each family: the paper's ViTDet settings at 1024 (backward rollout from the boxes,
-# pruned tokens keep their previous importance, a full frame every 8) and its Kinetics ViViT settings (forward
-# class-token rollout, pruned tokens matched by key, a 1in2 grid step every 8).
+# RGTP's defaults on a model of each family: the paper's ViTDet settings at 1024 (rollout from the boxes, pruned
+# tokens keep their previous importance, a full frame every 8) and its Kinetics ViViT settings (class-token rollout,
+# pruned tokens matched by key, a 1in2 grid step every 8). Both compute the rollout in its backward (vector) form:
+# the same heatmap as the paper's forward (matrix) form of ViViT, without its N³ products (28 GMACs a frame on
+# DINOv2-B at 518).
 _RGTP_GRID = RGTPConfig()
 _RGTP_CLS = RGTPConfig(
     selection=dataclasses.replace(_RGTP_GRID.selection, keep_ratio=0.49),
     schedule=dataclasses.replace(_RGTP_GRID.schedule, reset_mode="grid", grid_pattern="1in2"),
-    rollout=dataclasses.replace(_RGTP_GRID.rollout, form="forward", pruned_fill="match"),
+    rollout=dataclasses.replace(_RGTP_GRID.rollout, form="backward", pruned_fill="match"),
 )
+_EVENTFUL = EventfulConfig(keep_ratio=0.3)
+_TOME = ToMeConfig(keep_ratio=0.5, spread="front")
 
 METHODS: dict[str, Method] = {
-    "dense": Method(None, {}, {"grid": _dense_grid, "cls": _dense_cls}),
-    "rgtp": Method(RGTPConfig, {"grid": _RGTP_GRID, "cls": _RGTP_CLS}, {"grid": RGTPGrid, "cls": _rgtp_cls}),
+    "dense": Method(
+        None,
+        {},
+        _no_selector("dense", lambda m, c, h: DenseGrid(m, h)),
+        _no_selector("dense", lambda m, c: DenseClass(m)),
+    ),
+    "rgtp": Method(
+        RGTPConfig, {"grid": _RGTP_GRID, "cls": _RGTP_CLS}, RGTPGrid, RGTPClass, _replace("selection.keep_ratio")
+    ),
     "eventful": Method(
         EventfulConfig,
-        {"grid": EventfulConfig(keep_ratio=0.3), "cls": EventfulConfig(keep_ratio=0.3)},
-        {"grid": _eventful_grid, "cls": _eventful_cls},
+        {"grid": _EVENTFUL, "cls": _EVENTFUL},
+        _no_selector("eventful", EventfulGrid),
+        _no_selector("eventful", EventfulClass),
+        _replace("keep_ratio"),
     ),
     "tome": Method(
         ToMeConfig,
-        {"grid": ToMeConfig(keep_ratio=0.5, spread="front"), "cls": ToMeConfig(keep_ratio=0.5, spread="front")},
-        {"grid": _tome_grid, "cls": _tome_cls},
+        {"grid": _TOME, "cls": _TOME},
+        _no_selector("tome", ToMeGrid),
+        _no_selector("tome", ToMeClass),
+        _replace("keep_ratio"),
     ),
 }
 
@@ -121,22 +131,21 @@ def method_name(config: Any) -> str:
 
 
 def with_keep_ratio(config: Any, keep_ratio: float) -> Any:
-    """The config with its method's keep ratio replaced (RGTP: selection.keep_ratio; Eventful, ToMe: keep_ratio)."""
-    if isinstance(config, RGTPConfig):
-        return dataclasses.replace(config, selection=dataclasses.replace(config.selection, keep_ratio=keep_ratio))
-    if isinstance(config, EventfulConfig):
-        return dataclasses.replace(config, k=None, keep_ratio=keep_ratio)
-    if isinstance(config, ToMeConfig):
-        return dataclasses.replace(config, r=None, keep_ratio=keep_ratio)
-    raise ValueError(f"the {method_name(config)} method has no keep ratio")
+    """The config with its method's keep ratio replaced (RGTP: ``selection.keep_ratio``; Eventful, ToMe:
+    ``keep_ratio``)."""
+    name = method_name(config)
+    replace = METHODS[name].keep_ratio
+    if replace is None:
+        raise ValueError(f"the {name} method has no keep ratio")
+    return replace(config, keep_ratio)
 
 
-def build_runner(
+def make_runner(
     model: Any,
     method: MethodConfig | str = "rgtp",
     head: DetectionHead | None = None,
     selector: Selector | None = None,
-) -> Any:
+) -> Runner[Any]:
     """A runner of ``method`` on ``model``.
 
     Args:
@@ -146,16 +155,16 @@ def build_runner(
         head: a detection head for grid models (its detections anchor RGTP's rollout).
         selector: RGTP only, a selector object replacing the one ``selection.policy`` names.
     """
-    model = adapter_for(model)
+    view = adapter_for(model)
     if isinstance(method, str):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}")
-        name, config = method, METHODS[method].defaults.get(model.family)
+        name, config = method, METHODS[method].defaults.get(view.family)
     else:
         name, config = method_name(method), method
-    builders = METHODS[name].builders
-    if model.family not in builders:
-        raise ValueError(f"method {name!r} has no runner for {model.family!r} models")
-    if model.family == "cls" and head is not None:
+    entry = METHODS[name]
+    if view.family == "grid":
+        return entry.grid(view, config, head, selector)
+    if head is not None:
         raise ValueError("a detection head attaches to grid models only")
-    return builders[model.family](model, config, head, selector)
+    return entry.cls(view, config, selector)

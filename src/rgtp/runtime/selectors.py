@@ -190,10 +190,12 @@ class BoxSelector(Selector):
 
 
 class ForcedSelector(Selector):
-    """Kept tokens chosen by a caller: ``fn(t, embeds, grid)`` returns (B, K) or (K,) indices of the patch tokens.
+    """Kept tokens chosen by a caller: ``fn(t, embeds, grid)`` returns (B, K) or (K,) distinct indices of the patch
+    tokens.
 
-    For parity tests against other implementations (replaying their kept sets) and for experiments. The indices are
-    sorted ascending; every step of the batch keeps the same count.
+    For parity tests against other implementations (replaying their kept sets) and for experiments. It chooses the
+    tokens of the schedule's pruned steps; FULL and GRID reset steps stay as the schedule says (``reset_every=None``
+    for none). The indices are sorted ascending; every stream of the batch keeps the same count.
     """
 
     def __init__(self, fn: Callable[[int, Tensor, tuple[int, int]], Tensor]) -> None:
@@ -203,9 +205,12 @@ class ForcedSelector(Selector):
         b, n, _ = choice.embeds.shape
         idx = torch.as_tensor(self.fn(choice.state.t, choice.embeds, choice.grid), device=choice.embeds.device)
         idx = idx.long().expand(b, -1) if idx.dim() == 1 else idx.long()
-        if idx.shape[0] != b or idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= n:
+        if idx.dim() != 2 or idx.shape[0] != b or idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= n:
             raise ValueError(f"a forced selection must give (K,) or ({b}, K) indices in [0, {n}), got {idx.shape}")
-        return idx.sort(dim=-1).values, None
+        idx = idx.sort(dim=-1).values
+        if bool((idx[:, 1:] == idx[:, :-1]).any()):
+            raise ValueError("a forced selection must not repeat an index")
+        return idx, None
 
 
 #: Selector builders by the name ``SelectionConfig.policy`` gives.
@@ -218,7 +223,7 @@ SELECTORS: dict[str, Callable[[RGTPConfig], Selector]] = {
 
 
 def register_selector(name: str, builder: Callable[[RGTPConfig], Selector]) -> None:
-    """Add a selector under ``name`` (a value of ``SelectionConfig.policy`` must name it to be used by configs)."""
+    """Add a selector under ``name``: ``SelectionConfig(policy=name)`` then builds it with the RGTP config."""
     if name in SELECTORS:
         raise ValueError(f"selector {name!r} registered twice")
     SELECTORS[name] = builder

@@ -35,7 +35,7 @@ from torch import Tensor
 from rgtp.config import ToMeConfig
 from rgtp.flops import scope
 from rgtp.models.attention import AttentionSpec, attend, rel_pos_table, split_heads
-from rgtp.models.protocol import ClassModel, GridModel, mlp_residual
+from rgtp.models.protocol import ClassModel, GridModel, mlp_residual, with_position
 from rgtp.pruning.merge import (
     TokenGroups,
     bipartite_soft_matching,
@@ -161,7 +161,7 @@ class ToMeGrid(GridRunner):
         """Process one frame of each stream in the batch: (B, 3, H, W) preprocessed images."""
         embeds, grid = self.model.embed(images)  # (B, N, C)
         plan = self.schedule(embeds.shape[1])
-        buffers = self._encode(embeds + self.model.position(grid), grid, plan)
+        buffers = self._encode(with_position(embeds, self.model.position(grid)), grid, plan)
         features, detections = self.outputs(buffers, grid)
         n = embeds.shape[1]
         out = GridStep(state.t, _kind(plan), n - sum(plan), None, None, None, features, detections)
