@@ -146,6 +146,20 @@ def test_every_method_without_reduction_equals_the_model(name: str, method: Any)
         _close(_outputs(tick.output), _reference(model, _video(name, 3)[tick.index]))
 
 
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("method", ["eventful", "tome"])
+def test_comparison_methods_reduce_on_every_adapter(name: str, method: str) -> None:
+    model = _model(name)
+    video = _video(name, 3)
+    ticks = list(stream(rgtp.adapt(model, method, keep_ratio=0.5), video))
+    kind = {"eventful": FrameKind.GATED, "tome": FrameKind.MERGED}[method]
+    assert ticks[-1].output.kind is kind and ticks[-1].output.num_kept < TOKENS[name]
+    reference = _reference(model, video[-1])
+    for key, value in _outputs(ticks[-1].output).items():
+        if key in reference:
+            assert value.shape == reference[key].shape and torch.isfinite(value).all(), key
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Pruning
 

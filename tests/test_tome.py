@@ -163,6 +163,17 @@ def test_protected_first_token_is_never_merged() -> None:
     assert torch.all(kept[:, 0] == 0) and torch.all(kept[:, 1:] != 0)
 
 
+def test_protected_prefix_tokens_neither_merge_nor_receive() -> None:
+    """A class token and registers (protect=3): tokens 0 (set A) and 1 (set B) and 2 (A) keep their own slots."""
+    metric = torch.randn(2, 13, 4, generator=torch.Generator().manual_seed(4))
+    metric[:, 3] = metric[:, 2]  # token 2's best match is perfect
+    metric[:, 4] = metric[:, 1]  # and token 4 matches token 1 perfectly
+    assign, m = bipartite_soft_matching(metric, 10, protect=3)  # capped at (13 - 3) // 2 = 5
+    assert m == 8
+    assert torch.equal(assign[:, :3], torch.tensor([[0, 1, 2]] * 2))
+    assert torch.all(assign[:, 3:] >= 3)  # no other token goes into a protected one
+
+
 def test_ties_are_broken_deterministically() -> None:
     metric = torch.ones(1, 8, 3)  # every pair equally similar
     assign, m = bipartite_soft_matching(metric, 2)
