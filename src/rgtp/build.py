@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,15 @@ from rgtp.runtime.methods import make_runner
 
 __all__ = [
     "ModelPool",
+    "Shipped",
     "WeightsError",
     "build_model",
     "build_runner",
     "bundled_weights",
     "load_weights",
+    "read_checkpoint",
+    "resolve_device",
+    "shipped",
     "with_weights_nouns",
 ]
 
@@ -32,17 +37,51 @@ class WeightsError(ValueError):
     """A checkpoint that does not fit the model (missing/unexpected keys, wrong shapes, unreadable file)."""
 
 
-#: Weights trained by the offline benchmark and shipped in the package (fp16), by model preset prefix.
-BUNDLED = {"shapes_det": "shapes_det.pt", "motions": "motions_vivit.pt"}
+@dataclass(frozen=True)
+class Shipped:
+    """Weights trained here and shipped in the package (fp16, ``src/rgtp/weights/``), and what they are for."""
+
+    file: str
+    trained_on: str  # the data, in a phrase a user can judge their own footage by
+    outputs: str  # what the model detects or classifies
+
+    @property
+    def path(self) -> Path:
+        return Path(__file__).parent / "weights" / self.file
+
+
+#: Shipped weights by model preset prefix.
+BUNDLED = {
+    "shapes_det": Shipped(
+        "shapes_det.pt",
+        "generated videos of moving shapes over a panning texture (rgtp.data.shapes)",
+        "6 shape classes: disc, square, triangle, star, cross, ring",
+    ),
+    "pedestrians_det": Shipped(
+        "pedestrians_det.pt",
+        "real footage: OpenCV's vtest.avi, a static campus camera filming pedestrians from above (HOG boxes)",
+        "people (person), best on a fixed camera looking down on walking pedestrians",
+    ),
+    "motions": Shipped(
+        "motions_vivit.pt",
+        "generated clips of moving shapes (rgtp.data.motions)",
+        "10 motion classes: move right/left/up/down, rotate cw/ccw, grow, shrink, oscillate, collide",
+    ),
+}
+
+
+def shipped(preset_name: str) -> Shipped | None:
+    """The weights shipped for a preset's model (``shapes_det_*``, ``pedestrians_det_*``, ``motions_*``), or None."""
+    for prefix, entry in BUNDLED.items():
+        if preset_name.startswith(prefix) and entry.path.is_file():
+            return entry
+    return None
 
 
 def bundled_weights(preset_name: str) -> Path | None:
-    """The shipped weights for a preset's model (``shapes_det_*``, ``motions_*``), or None."""
-    for prefix, name in BUNDLED.items():
-        if preset_name.startswith(prefix):
-            path = Path(__file__).parent / "weights" / name
-            return path if path.is_file() else None
-    return None
+    """The path of the weights shipped for a preset's model, or None."""
+    entry = shipped(preset_name)
+    return None if entry is None else entry.path
 
 
 def build_model(preset: Preset, device: torch.device | str = "cpu", seed: int = 0) -> nn.Module:
@@ -60,6 +99,39 @@ def build_runner(preset: Preset, model: nn.Module) -> Any:
     return make_runner(model, preset.method_config, head)
 
 
+def read_checkpoint(path: Path, map_location: str = "cpu") -> Any:
+    """``torch.load`` of a checkpoint (tensors and plain data only), or a one-line error saying what the file is."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:2] != b"PK" and head[:1] != b"\x80":  # neither a zip archive nor a pickle: not a checkpoint at all
+            raise WeightsError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)") from None
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0]
+        raise WeightsError(f"{path} is a damaged or unreadable checkpoint ({first})") from None
+
+
+def resolve_device(name: str) -> str:
+    """A device name that works here, or a one-line error: unknown names, and CUDA / MPS where there is none."""
+    from rgtp.config import ConfigError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available here (torch {torch.__version__}); use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r}: MPS is not available here; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r}: rgtp runs on cpu, cuda or mps")
+    return str(device)
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load an rgtp checkpoint (a state dict, or {"model": state dict}) strictly; errors name every mismatch.
 
@@ -69,10 +141,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"cannot read weights {path}: {exc}") from exc
+    obj = read_checkpoint(path)
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a state dict (or a dict with a 'model' state dict)")
@@ -128,7 +197,7 @@ def _weights_num_nouns(weights: str | Path | None) -> int:
     """The size of the noun head stored in ``weights`` (0 if none or no file)."""
     if weights is None or not Path(weights).is_file():
         return 0
-    obj = torch.load(weights, map_location="meta", weights_only=True)
+    obj = read_checkpoint(Path(weights), map_location="meta")
     state = obj.get("model", obj) if isinstance(obj, dict) else {}
     noun = state.get("head_noun.weight") if isinstance(state, dict) else None
     return int(noun.shape[0]) if isinstance(noun, torch.Tensor) else 0

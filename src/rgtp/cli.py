@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rgtp.config import PRECISIONS, ConfigError, Preset, load_config, override, save_config, to_dict
+from rgtp.interrupt import Interrupted, exit_status, interrupt_as_exception
 
 if TYPE_CHECKING:
     from rgtp.data.action import ActionDataset
@@ -23,6 +25,17 @@ __all__ = ["main"]
 
 logger = logging.getLogger("rgtp")
 PRECISION_HELP = "fp32, or bf16 mixed precision (about 2x faster on CPUs with bfloat16 instructions; default: fp32)"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a count of frames, items or steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _resolve(args: argparse.Namespace) -> Preset:
@@ -115,11 +128,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.video, preset, args.weights, jsonl, args.out, args.max_frames, args.device, args.segment_frames
     )
     _report(summary)
-    return 0
+    return exit_status(summary.interrupted) if summary.interrupted else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rgtp.build import bundled_weights
     from rgtp.run import run_video
 
     preset = _resolve(args)
@@ -127,14 +139,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     video = out_dir / "input.mp4"
     segment = _demo_video(preset, video, args)
-    weights = args.weights or bundled_weights(preset.name)
-    if args.weights is None and weights is not None:
-        logger.info("using the weights shipped for %s: %s", preset.name, weights)
     summary = run_video(
-        video, preset, weights, out_dir / "frames.jsonl", out_dir / "annotated.mp4", None, args.device, segment
+        video, preset, args.weights, out_dir / "frames.jsonl", out_dir / "annotated.mp4", None, args.device, segment
     )
     _report(summary)
-    return 0
+    return exit_status(summary.interrupted) if summary.interrupted else 0
 
 
 def _demo_video(preset: Preset, path: Path, args: argparse.Namespace) -> int:
@@ -426,20 +435,20 @@ def _add_vitdet_training_parser(modes: argparse._SubParsersAction) -> None:  # t
     q.add_argument("--boxes", help="pedestrians: the boxes file (default: benchmarks/data/vtest_hog_boxes.json)")
     q.add_argument("--train-split", help="default: train")
     q.add_argument("--val-split", help="default: val (shapes), test (pedestrians)")
-    q.add_argument("--max-sequences", type=int, help="only the first N sequences of each split (quick runs)")
+    q.add_argument("--max-sequences", type=positive_int, help="only the first N sequences of each split (quick runs)")
     q.add_argument("--out", required=True, help="run directory (checkpoint.pt, last.pt, best.pt, history.jsonl)")
     q.add_argument("--recipe", choices=["shapes", "pedestrians"], help="defaults (default: the --data name)")
     q.add_argument("--weights", help="starting weights (rgtp state dict); random if omitted")
     q.add_argument("--epochs", type=int)
     q.add_argument("--lr", type=float, help="peak learning rate (linear warmup, then cosine decay)")
-    q.add_argument("--batch-size", type=int, help="global batch of frames (split over the torchrun processes)")
+    q.add_argument("--batch-size", type=positive_int, help="global batch of frames (split over the torchrun processes)")
     q.add_argument("--weight-decay", type=float)
     q.add_argument("--warmup-steps", type=int)
     q.add_argument("--seed", type=int)
     q.add_argument("--no-hflip", action="store_true", help="no random horizontal flips")
-    q.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke tests)")
-    q.add_argument("--val-frames", type=int, help="validate on the first N frames of the validation split")
-    q.add_argument("--eval-every", type=int, help="validate every N epochs (and after the last)")
+    q.add_argument("--max-steps", type=positive_int, help="at most this many steps per epoch (smoke tests)")
+    q.add_argument("--val-frames", type=positive_int, help="validate on the first N frames of the validation split")
+    q.add_argument("--eval-every", type=positive_int, help="validate every N epochs (and after the last)")
     q.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
     q.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     q.add_argument("--device", default="cpu", help="cpu or cuda (cuda:<local rank> under torchrun)")
@@ -454,8 +463,8 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
         q.add_argument(
             "--fps", type=float, help="decode at this frame rate (K400 default 25, as the paper; EPIC: native)"
         )
-        q.add_argument("--short-side", type=int, help="resize frames at decode time (default: the crop size)")
-        q.add_argument("--max-items", type=int, help="only the first N clips (of each split)")
+        q.add_argument("--short-side", type=positive_int, help="resize frames at decode time (default: the crop size)")
+        q.add_argument("--max-items", type=positive_int, help="only the first N clips (of each split)")
 
     def common_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--device", default="cpu", help="cpu or cuda (cuda:<local rank> under torchrun)")
@@ -495,7 +504,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
         q.add_argument("--train-split", help="default: the recipe's (train)")
         q.add_argument("--val-split", help="default: the recipe's (val / validation)")
         q.add_argument("--lr", type=float)
-        q.add_argument("--batch-size", type=int, help="global batch (split over the torchrun processes)")
+        q.add_argument("--batch-size", type=positive_int, help="global batch (split over the torchrun processes)")
         q.add_argument("--weight-decay", type=float)
         q.add_argument("--dropout", type=float, help="before the classifier (default 0.5)")
         q.add_argument("--clip-grad", type=float, help="max gradient norm (default: the recipe's)")
@@ -504,7 +513,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
         q.add_argument(
             "--train-nouns", action="store_true", help="EPIC: also train the noun head (the paper trains verbs only)"
         )
-        q.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke tests)")
+        q.add_argument("--max-steps", type=positive_int, help="at most this many steps per epoch (smoke tests)")
         q.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
         q.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
         q.add_argument("--stop-top1", type=float, help="stop after the first epoch whose val top-1 reaches this")
@@ -527,6 +536,9 @@ def _report(summary: object) -> None:
         names = clip.get("top5_names")
         top = [(names[k] if names else c, p) for k, (c, p) in enumerate(clip["top5"])]
         print(f"clip {clip['clip']}: top-5 (class, prob) {top}")
+    if summary.interrupted:
+        stopped = signal.Signals(summary.interrupted).name
+        print(f"STOPPED by {stopped} after {summary.frames} frames: the outputs hold every finished frame.")
     if summary.weights == "random":
         print("NOTE: random weights (no --weights): predictions are meaningless; kept tokens, MACs and times are real.")
     for what, path in summary.outputs.items():
@@ -559,22 +571,24 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("video", help="input video file (anything PyAV decodes)")
             p.add_argument("--jsonl", help="per-frame results (default: <video>.<preset>.jsonl)")
             p.add_argument("--out", help="annotated video to write (.mp4)")
-            p.add_argument("--max-frames", type=int, help="stop after this many frames")
+            p.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
             p.add_argument(
                 "--segment-frames",
-                type=int,
+                type=positive_int,
                 default=250,
                 help="ViViT: frames per classified segment (each gets the preset's 3x4 views)",
             )
         else:
             p.add_argument("--out-dir", default="rgtp_demo", help="where input.mp4, frames.jsonl, annotated.mp4 go")
-            p.add_argument("--frames", type=int, default=48, help="frames to generate (ViTDet presets)")
-            p.add_argument("--height", type=int, help="other ViTDet presets: frame height (default 378)")
-            p.add_argument("--width", type=int, help="other ViTDet presets: frame width (default 672)")
+            p.add_argument("--frames", type=positive_int, default=48, help="frames to generate (ViTDet presets)")
+            p.add_argument("--height", type=positive_int, help="other ViTDet presets: frame height (default 378)")
+            p.add_argument("--width", type=positive_int, help="other ViTDet presets: frame width (default 672)")
             p.add_argument("--seed", type=int, default=0)
         _add_preset_args(p, positional=False, default="shapes_det_rgtp" if name == "demo" else "vitdet_vid_672_keep512")
         p.add_argument(
-            "--weights", help="model weights (rgtp state dict); default: the shipped ones if any, else random"
+            "--weights",
+            help="model weights (rgtp state dict); default: the ones shipped for the preset if any, else random; "
+            "'random' for random weights",
         )
         p.add_argument("--device", default="cpu", help="cpu or cuda")
         p.set_defaults(fn=fn)
@@ -592,9 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split (default: vid_val / val / validation)")
     p.add_argument("--layout", default="auto", choices=["auto", "ilsvrc", "coco"], help="VID annotation layout")
     p.add_argument("--fps", type=float, help="decode at this frame rate (K400 default 25, as the paper; EPIC: native)")
-    p.add_argument("--short-side", type=int, help="resize frames at decode time (default: the crop size)")
+    p.add_argument("--short-side", type=positive_int, help="resize frames at decode time (default: the crop size)")
     p.add_argument("--out-dir", help="predictions (per preset) and results.json (default eval_vid/k400/epic)")
-    p.add_argument("--max-items", "--max-sequences", type=int, help="only the first N sequences / clips")
+    p.add_argument("--max-items", "--max-sequences", type=positive_int, help="only the first N sequences / clips")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_evaluate)
@@ -629,12 +643,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="the video (vtest.avi)")
     p.add_argument("--out", required=True, help="boxes JSON to write (shipped: benchmarks/data/vtest_hog_boxes.json)")
     p.add_argument("--upscale", type=float, help="resize frames by this factor before HOG (default 2)")
-    p.add_argument("--win-stride", type=int, help="HOG window stride, a multiple of 8 (default 8)")
+    p.add_argument("--win-stride", type=positive_int, help="HOG window stride, a multiple of 8 (default 8)")
     p.add_argument("--scale", type=float, help="HOG pyramid scale step (default 1.1)")
     p.add_argument("--hit-threshold", type=float, help="smallest SVM margin kept (default 0.3)")
     p.add_argument("--min-motion", type=float, help="smallest moving fraction of a box, 0 disables (default 0.1)")
     p.add_argument("--nms-iou", type=float, help="NMS IoU threshold (default 0.4)")
-    p.add_argument("--max-frames", type=int, help="only the first N frames (a quick look)")
+    p.add_argument("--max-frames", type=positive_int, help="only the first N frames (a quick look)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_pedestrian_boxes)
     _add_training_parsers(sub)
@@ -682,8 +696,8 @@ def _add_bench_parser(sub: Any) -> None:
     p.add_argument("--methods", help="comma-separated methods (default: all), e.g. RGTP,Eventful,ToMe,random")
     p.add_argument("--video", help="pedestrians: path to vtest.avi (OpenCV sample clip; see README)")
     p.add_argument("--boxes", help="pedestrians: HOG boxes JSON (default: the shipped benchmarks/data file)")
-    p.add_argument("--max-items", type=int, help="only the first N test sequences / clips (quick runs)")
-    p.add_argument("--max-frames", type=int, help="detection: only the first N frames of each sequence")
+    p.add_argument("--max-items", type=positive_int, help="only the first N test sequences / clips (quick runs)")
+    p.add_argument("--max-frames", type=positive_int, help="detection: only the first N frames of each sequence")
     p.add_argument("--timing", type=int, help="frames (clips) timed per variant and round (0: no timing)")
     p.add_argument("--timing-rounds", type=int, default=3)
     p.add_argument("--device", default="cpu")
@@ -700,10 +714,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("rgtp: error: name a preset (see `rgtp presets`) or give --config FILE", file=sys.stderr)
         return 2
     try:
-        return int(args.fn(args))
+        if getattr(args, "device", None) is not None:
+            from rgtp.build import resolve_device
+
+            args.device = resolve_device(args.device)
+        with interrupt_as_exception():
+            return int(args.fn(args))
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"rgtp: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM as Interrupted
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(
+            f"rgtp: interrupted ({signal.Signals(signum).name}); what was finished is written "
+            "(evaluations, benchmarks and training resume when the same command is run again)",
+            file=sys.stderr,
+        )
+        return exit_status(signum)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -546,7 +546,12 @@ def load_config(cls: type[T], path: str | Path) -> T:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text()
-    data = _yaml().safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    yaml = path.suffix in (".yaml", ".yml")
+    try:
+        data = _yaml().safe_load(text) if yaml else json.loads(text)
+    except (ValueError, _yaml().YAMLError) as exc:  # json.JSONDecodeError is a ValueError
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{path}: not valid {'YAML' if yaml else 'JSON'} ({first})") from None
     _check(isinstance(data, dict), f"{path}: expected a mapping at the top level")
     return from_dict(cls, data)
 

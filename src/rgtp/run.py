@@ -19,11 +19,12 @@ import torch
 from torch import Tensor
 
 from rgtp.accounting import Accounting, count_preset
-from rgtp.build import build_model, build_runner, load_weights
+from rgtp.build import build_model, build_runner, load_weights, shipped
 from rgtp.config import Preset, ViTDetConfig, ViViTConfig
 from rgtp.data.views import MEAN as VIVIT_MEAN
 from rgtp.data.views import STD as VIVIT_STD
 from rgtp.data.views import make_views
+from rgtp.interrupt import StopRequest, graceful_stop
 from rgtp.io.video import VideoWriter, read_frames, video_info
 from rgtp.models.vitdet import PIXEL_MEAN, PIXEL_STD, preprocess_frame
 from rgtp.models.vivit import ViViT, predict_views
@@ -31,7 +32,7 @@ from rgtp.progress import progress_bar
 from rgtp.runtime.driver import run_clip, stream
 from rgtp.timing import stopwatch
 
-__all__ = ["RunSummary", "run_video"]
+__all__ = ["RANDOM", "RunSummary", "run_video"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class RunSummary:
     dense_gmacs: float = 0.0
     clips: list[dict[str, Any]] = field(default_factory=list)  # ViViT: per-clip predictions
     outputs: dict[str, str] = field(default_factory=dict)
+    interrupted: int | None = None  # the signal that stopped the run early (SIGINT, SIGTERM), if any
 
     def table(self) -> str:
         """A small Markdown table of the run."""
@@ -57,6 +59,10 @@ class RunSummary:
         for kind, v in self.by_kind.items():
             rows.append(f"| {kind} | {int(v['count'])} | {v['gmacs']:.2f} | {v['ms_mean']:.1f} |")
         return "\n".join(rows)
+
+
+#: ``weights`` value that asks for random weights even where some are shipped.
+RANDOM = "random"
 
 
 def run_video(
@@ -71,20 +77,20 @@ def run_video(
 ) -> RunSummary:
     """Run ``preset`` over ``video``; write JSON lines to ``jsonl`` and an annotated video to ``out_video``.
 
-    ViTDet presets process every frame. ViViT presets classify consecutive segments of ``segment_frames`` frames
-    (250: a 10 s Kinetics clip at 25 fps), each with the preset's spatial x temporal views (spec §12.2).
+    ``weights``: a checkpoint, None for the weights shipped for the preset's model (random weights if none are), or
+    ``"random"``. ViTDet presets process every frame. ViViT presets classify consecutive segments of
+    ``segment_frames`` frames (250: a 10 s Kinetics clip at 25 fps), each with the preset's spatial x temporal views
+    (spec §12.2). SIGINT / SIGTERM stop the run after the current frame with every output closed and valid
+    (``summary.interrupted`` says which signal).
     """
     video = Path(video)
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    if segment_frames < 1:
+        raise ValueError(f"segment_frames must be at least 1, got {segment_frames}")
     info = video_info(video)  # fails early, naming the file, if it is missing or not a video
-    model = build_model(preset, device)
-    if weights is not None:
-        load_weights(model, weights)
-    else:
-        logger.warning(
-            "no --weights given: running with RANDOM weights; outputs are not meaningful, "
-            "token selection, compute and timing are"
-        )
-    summary = RunSummary(preset.name, str(video), "random" if weights is None else str(weights))
+    model, weights_name = _load_model(preset, weights, device)
+    summary = RunSummary(preset.name, str(video), weights_name)
     accounting = count_preset(preset)
     total = info.num_frames if max_frames is None else min(max_frames, info.num_frames or max_frames)
     with ExitStack() as stack:
@@ -96,18 +102,57 @@ def run_video(
         else:
             records = _run_vivit(preset, model, frames, accounting, writer, summary, segment_frames)
         bar = stack.enter_context(closing(progress_bar(total, preset.name)))
-        for record in records:
-            _add(summary, record)
-            if sink is not None:
-                sink.write(json.dumps(record) + "\n")
-                sink.flush()
-            bar.update(1)
+        stop = stack.enter_context(graceful_stop())  # a signal ends the run after the current frame, outputs closed
+        _consume(records, summary, sink, bar, stop)
+    if summary.frames == 0 and not summary.clips and summary.interrupted is None:
+        _remove(jsonl, out_video)  # nothing to keep: no empty outputs left behind
+        raise ValueError(f"{video}: no frame could be decoded (an empty or unreadable video stream)")
     summary.dense_gmacs = _dense_gmacs(preset)
     if jsonl:
         summary.outputs["jsonl"] = str(jsonl)
     if out_video:
         summary.outputs["video"] = str(out_video)
     return summary
+
+
+def _load_model(preset: Preset, weights: str | Path | None, device: str) -> tuple[torch.nn.Module, str]:
+    """The preset's model with the given, the shipped or random weights; (model, what the weights are)."""
+    model = build_model(preset, device)
+    entry = shipped(preset.name) if weights is None else None
+    if entry is not None:
+        weights = entry.path
+        logger.info(
+            "%s: the weights shipped for it, trained on %s; it detects %s", preset.name, entry.trained_on, entry.outputs
+        )
+    if weights is None or str(weights) == RANDOM:
+        logger.warning(
+            "%s: RANDOM weights (%s): outputs are not meaningful; token selection, compute and timing are",
+            preset.name,
+            "asked for" if weights is not None else "none are shipped for this preset; give --weights",
+        )
+        return model, RANDOM
+    load_weights(model, weights)
+    return model, str(weights)
+
+
+def _consume(records: Iterator[dict[str, Any]], summary: RunSummary, sink: Any, bar: Any, stop: StopRequest) -> None:
+    """Write each record as it comes; a stop request ends the run after the current frame."""
+    for record in records:
+        _add(summary, record)
+        if sink is not None:
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+        bar.update(1)
+        if stop.signum is not None:
+            logger.warning("%s: stopping after %d frames; closing the outputs", stop.name, summary.frames)
+            summary.interrupted = stop.signum
+            return
+
+
+def _remove(*paths: str | Path | None) -> None:
+    for path in paths:
+        if path is not None and Path(path).is_file():
+            Path(path).unlink()
 
 
 def _dense_gmacs(preset: Preset) -> float:

@@ -1,0 +1,100 @@
+"""What a user meets on bad input and interruptions: one-line errors, and outputs that stay valid (issue 16)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rgtp.cli import main
+
+pytest.importorskip("av")
+
+
+def _video(path: Path, frames: int = 12, size: tuple[int, int] = (96, 128)) -> Path:
+    from rgtp.data.synthetic import moving_shapes_video, write_video
+
+    write_video(path, moving_shapes_video(frames, size[0], size[1], seed=0)[0])
+    return path
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run the CLI, expect status 2 and a one-line error; return it."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("rgtp: error: ") and "Traceback" not in "\n".join(err), err
+    return err[-1]
+
+
+def test_malformed_config_files_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("name: x\nmodel: [unclosed\n")
+    assert "not valid YAML" in _error(capsys, ["show", "--config", str(bad_yaml)])
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{nope")
+    assert "not valid JSON" in _error(capsys, ["flops", "--config", str(bad_json)])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_unavailable_or_unknown_devices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    video = str(_video(tmp_path / "v.mp4", 2))
+    assert "CUDA is not available" in _error(capsys, ["run", video, "--preset", "shapes_det_rgtp", "--device", "cuda"])
+    assert "unknown device 'gpu0'" in _error(capsys, ["run", video, "--device", "gpu0"])
+
+
+def test_a_file_of_random_bytes_is_not_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(os.urandom(4096))
+    video = str(_video(tmp_path / "v.mp4", 2))
+    err = _error(capsys, ["run", video, "--preset", "shapes_det_rgtp", "--weights", str(weights)])
+    assert "is not a PyTorch checkpoint" in err and "weights_only" not in err
+
+
+@pytest.mark.parametrize("option", [["--max-frames", "0"], ["--segment-frames", "0"], ["--max-frames", "-3"]])
+def test_counts_below_one_are_rejected(tmp_path: Path, option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(tmp_path / "v.mp4"), *option])
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_run_uses_the_shipped_weights_by_default(tmp_path: Path) -> None:
+    from rgtp.build import bundled_weights
+
+    video = _video(tmp_path / "v.mp4", 3, (160, 256))
+    jsonl = tmp_path / "out.jsonl"
+    assert main(["run", str(video), "--preset", "shapes_det_rgtp", "--jsonl", str(jsonl)]) == 0
+    lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert len(lines) == 3 and {x["weights"] for x in lines} == {str(bundled_weights("shapes_det_rgtp"))}
+    assert main(["run", str(video), "--preset", "shapes_det_rgtp", "--jsonl", str(jsonl), "--weights", "random"]) == 0
+    assert {json.loads(x)["weights"] for x in jsonl.read_text().splitlines()} == {"random"}
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_run_after_a_frame_with_valid_outputs(tmp_path: Path, signum: int, status: int) -> None:
+    """The current frame finishes, the video is closed (it plays), the JSON lines hold every finished frame."""
+    from rgtp.io.video import read_frames
+
+    video = _video(tmp_path / "v.mp4", 400, (160, 256))
+    jsonl, out = tmp_path / "out.jsonl", tmp_path / "out.mp4"
+    cmd = [sys.executable, "-m", "rgtp", "run", str(video), "--preset", "shapes_det_rgtp"]
+    proc = subprocess.Popen(
+        [*cmd, "--jsonl", str(jsonl), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and (not jsonl.is_file() or len(jsonl.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == status, stderr[-2000:]
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]  # every line is whole
+    assert 3 <= len(records) < 400
+    assert len(list(read_frames(out))) == len(records)  # the annotated video plays, one frame per record
+    assert f"STOPPED by {signal.Signals(signum).name} after {len(records)} frames" in stdout
+    assert "Traceback" not in stderr
