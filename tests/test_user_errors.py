@@ -98,3 +98,36 @@ def test_a_signal_stops_run_after_a_frame_with_valid_outputs(tmp_path: Path, sig
     assert len(list(read_frames(out))) == len(records)  # the annotated video plays, one frame per record
     assert f"STOPPED by {signal.Signals(signum).name} after {len(records)} frames" in stdout
     assert "Traceback" not in stderr
+
+
+def _faststart_mp4(path: Path, frames: int = 30) -> Path:
+    """An mp4 with its index at the front, so that a truncated copy still decodes up to the cut."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 256, 160, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(frames):
+            image = rng.integers(0, 255, (160, 256, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_a_damaged_video_warns_and_strict_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _faststart_mp4(tmp_path / "whole.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    jsonl = tmp_path / "out.jsonl"
+    with caplog.at_level("WARNING"):
+        assert main(["run", str(cut), "--preset", "shapes_det_rgtp", "--jsonl", str(jsonl)]) == 0
+    decoded = len(jsonl.read_text().splitlines())
+    assert 0 < decoded < 30 and f"ends at frame {decoded} of the 30" in caplog.text
+    err = _error(capsys, ["run", str(cut), "--preset", "shapes_det_rgtp", "--jsonl", str(jsonl), "--strict"])
+    assert f"ends at frame {decoded} of the 30" in err

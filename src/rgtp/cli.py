@@ -125,7 +125,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     preset = _resolve(args)
     jsonl = args.jsonl or str(Path(args.video).with_suffix("").name + f".{preset.name}.jsonl")
     summary = run_video(
-        args.video, preset, args.weights, jsonl, args.out, args.max_frames, args.device, args.segment_frames
+        args.video,
+        preset,
+        args.weights,
+        jsonl,
+        args.out,
+        args.max_frames,
+        args.device,
+        args.segment_frames,
+        strict=args.strict,
     )
     _report(summary)
     return exit_status(summary.interrupted) if summary.interrupted else 0
@@ -572,6 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--jsonl", help="per-frame results (default: <video>.<preset>.jsonl)")
             p.add_argument("--out", help="annotated video to write (.mp4)")
             p.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
+            p.add_argument(
+                "--strict",
+                action="store_true",
+                help="fail on a damaged video (fewer frames than its container announces) instead of warning",
+            )
             p.add_argument(
                 "--segment-frames",
                 type=positive_int,

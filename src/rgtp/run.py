@@ -74,6 +74,7 @@ def run_video(
     max_frames: int | None = None,
     device: str = "cpu",
     segment_frames: int = 250,
+    strict: bool = False,
 ) -> RunSummary:
     """Run ``preset`` over ``video``; write JSON lines to ``jsonl`` and an annotated video to ``out_video``.
 
@@ -81,7 +82,8 @@ def run_video(
     ``"random"``. ViTDet presets process every frame. ViViT presets classify consecutive segments of
     ``segment_frames`` frames (250: a 10 s Kinetics clip at 25 fps), each with the preset's spatial x temporal views
     (spec §12.2). SIGINT / SIGTERM stop the run after the current frame with every output closed and valid
-    (``summary.interrupted`` says which signal).
+    (``summary.interrupted`` says which signal). A video that ends before the frame count its container announces
+    (damaged) is processed up to the damage with a warning, or with ``strict`` fails there.
     """
     video = Path(video)
     if max_frames is not None and max_frames < 1:
@@ -96,7 +98,7 @@ def run_video(
     with ExitStack() as stack:
         sink = stack.enter_context(open(jsonl, "w")) if jsonl else None
         writer = stack.enter_context(VideoWriter(out_video, fps=info.fps or 10.0)) if out_video else None
-        frames = read_frames(video, max_frames)
+        frames = read_frames(video, max_frames, strict)
         if isinstance(preset.model, ViTDetConfig):
             records = _run_vitdet(preset, model, frames, accounting, writer, summary.weights)
         else:

@@ -145,15 +145,21 @@ def video_info(path: str | os.PathLike[str]) -> VideoInfo:
         container.close()
 
 
-def read_frames(path: str | os.PathLike[str], max_frames: int | None = None) -> Iterator[np.ndarray]:
+def read_frames(
+    path: str | os.PathLike[str], max_frames: int | None = None, strict: bool = False
+) -> Iterator[np.ndarray]:
     """Decode the first video stream of a file frame by frame.
 
     The existence of the file and ``max_frames`` are checked eagerly (when this
-    function is called); decoding errors are raised while iterating.
+    function is called); decoding errors are raised while iterating. A stream
+    that ends before the frame count (or duration) its container announces is
+    damaged: a warning names how many frames decoded, or with ``strict`` a
+    :class:`VideoDecodeError` is raised after the last good frame.
 
     Args:
         path: Path to a video file.
         max_frames: Stop after this many frames (``None`` decodes all frames).
+        strict: Fail on a stream shorter than announced instead of warning.
 
     Yields:
         RGB frames as ``uint8`` arrays of shape ``(H, W, 3)``.
@@ -168,18 +174,19 @@ def read_frames(path: str | os.PathLike[str], max_frames: int | None = None) -> 
     p = _check_readable(path)
     if max_frames is not None and max_frames < 0:
         raise ValueError(f"max_frames must be >= 0 or None, got {max_frames}")
-    return _decode(av, p, max_frames)
+    return _decode(av, p, max_frames, strict)
 
 
-def _decode(av: Any, path: Path, max_frames: int | None) -> Iterator[np.ndarray]:
+def _decode(av: Any, path: Path, max_frames: int | None, strict: bool = False) -> Iterator[np.ndarray]:
     """Generator behind :func:`read_frames`."""
     if max_frames == 0:
         return
     container = _open_for_reading(av, path)
-    count = 0
+    count, expected = 0, None
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        expected = _announced_frames(container, stream)
         frames = container.decode(stream)
         while True:
             try:
@@ -188,16 +195,33 @@ def _decode(av: Any, path: Path, max_frames: int | None) -> Iterator[np.ndarray]
             except StopIteration:
                 break
             except (av.error.FFmpegError, ValueError, OSError) as exc:
-                raise VideoDecodeError(f"cannot decode video {path} (after {count} frames): {exc}") from exc
+                raise VideoDecodeError(f"cannot decode video {path} at frame {count}: {exc}") from exc
             count += 1
             yield array
             if max_frames is not None and count >= max_frames:
-                break
+                return
     finally:
         container.close()
     if count == 0:
         raise VideoDecodeError(f"cannot decode video {path}: no decodable frames")
+    if expected is not None and count < expected - 1:  # one frame of slack: durations round
+        message = f"{path}: the stream ends at frame {count} of the {expected} its container announces (damaged?)"
+        if strict:
+            raise VideoDecodeError(message)
+        logger.warning("%s; the frames before it are used", message)
     logger.debug("decoded %d frames from %s", count, path)
+
+
+def _announced_frames(container: Any, stream: Any) -> int | None:
+    """The frame count a container announces for a stream: its count, else duration x frame rate; None if unknown."""
+    if stream.frames:
+        return int(stream.frames)
+    fps = _stream_fps(stream)
+    if stream.duration and stream.time_base and fps:
+        return round(float(stream.duration * stream.time_base) * fps)
+    if container.duration and fps:
+        return round(container.duration / 1e6 * fps)  # microseconds
+    return None
 
 
 def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
