@@ -353,3 +353,27 @@ def test_reference_converted_layout_converts_to_the_same_weights(tmp_path) -> No
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_backbone_only_checkpoint_converts_with_a_warning(tmp_path, caplog) -> None:
+    """A detectron2 checkpoint of the backbone alone (no simfp_*, no heads): net converts; pyramid and head keep
+    their initial weights, as `load_weights` warns; `rgtp convert vitdet` exits 0."""
+    shapes = detectron2_vitdet_shapes(TINY_VITDET)
+    source = {k: v for k, v in random_state(shapes).items() if k.startswith("backbone.net.")}
+    src = tmp_path / "backbone_only.pth"
+    torch.save({"model": source}, src)
+    dst = tmp_path / "out.pth"
+    report = convert_checkpoint(src, dst, "vitdet-vid", TINY_VITDET)
+    assert report.parts == ("net",) and report.mapped == len(source)
+    assert "provides net only: pyramid, head keep their initial weights" in caplog.text
+    model = ViTDet(TINY_VITDET).eval()
+    load_weights(model, dst)
+    torch.testing.assert_close(model.net.blocks[1].attn.qkv.weight, source["backbone.net.blocks.1.attn.qkv.weight"])
+    partial = dict(source)
+    partial.update({k: v for k, v in random_state(shapes).items() if k.startswith("backbone.simfp_2")})
+    torch.save(partial, src)  # a part given in part is still an error naming the missing keys
+    with pytest.raises(ConversionError, match=r"pyramid\.simfp_3"):
+        convert_checkpoint(src, dst, "vitdet-vid", TINY_VITDET)
+    torch.save({"model": {"something.else": torch.zeros(1)}}, src)  # no backbone at all: nothing is let through
+    with pytest.raises(ConversionError, match="matched by no rule"):
+        convert_checkpoint(src, dst, "vitdet-vid", TINY_VITDET)

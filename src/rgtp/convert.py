@@ -394,6 +394,37 @@ def _target(source: str, cfg: ModelConfig | None) -> tuple[ModelConfig, dict[str
     return cfg, expected, tuple(p for p in parts if p in modules)
 
 
+def _only_provided(
+    state: Mapping[str, Tensor],
+    rules: list[Rule],
+    expected: dict[str, torch.Size],
+    parts: tuple[str, ...],
+    src: str | Path,
+) -> tuple[dict[str, torch.Size], tuple[str, ...]]:
+    """ViTDet: the parts of the model a checkpoint provides at all (a backbone-only checkpoint has no pyramid or
+    head keys). Parts without a single key keep their initial weights, with a warning; a part provided in part is
+    still an error (convert_state names its missing keys)."""
+    provided = set()
+    for key in state:
+        for rule in rules:
+            matched, target = rule.apply(key)
+            if matched:
+                if target is not None:
+                    provided.add(target.split(".")[0])
+                break
+    absent = [p for p in parts if p not in provided]
+    if not absent or "net" not in provided:  # complete, or not a ViTDet backbone at all: convert_state says what
+        return expected, parts
+    logger.warning(
+        "%s provides %s only: %s keep their initial weights (train or load them separately)",
+        src,
+        ", ".join(p for p in parts if p in provided),
+        ", ".join(absent),
+    )
+    kept = tuple(p for p in parts if p in provided)
+    return {k: v for k, v in expected.items() if k.split(".")[0] in kept}, kept
+
+
 def convert_checkpoint(
     src: str | Path,
     dst: str | Path,
@@ -413,6 +444,8 @@ def convert_checkpoint(
     cfg, expected, parts = _target(source, cfg)
     rules, _ = SOURCES[source]
     state = read_checkpoint(src, trust)
+    if isinstance(cfg, ViTDetConfig):
+        expected, parts = _only_provided(state, rules, expected, parts, src)
     converted, dropped = convert_state(state, rules, expected, name=str(src))
     report = ConversionReport(source, len(converted), dropped, parts)
     meta = {
