@@ -307,3 +307,14 @@ def test_select_fg_bg_with_curve_rank(num_fg: int, fg_stride: int, bg_stride: in
     # the curve order changes the result (compared with rank/raster order)
     plain = select_fg_bg(scores, 20, 2, 3)
     assert not torch.equal(select_fg_bg(scores, 20, 2, 3, curve_rank=gilbert_rank(h, w)), plain)
+
+
+def test_reference_tie_break_is_torch_argsort_and_changes_only_the_order_of_ties() -> None:
+    from rgtp.pruning.selection import rank_descending, select_fg_bg
+
+    scores = torch.tensor([[0.5, 0.2, 0.5, 0.9, 0.2, 0.5, 0.1, 0.5]] * 2)
+    assert torch.equal(rank_descending(scores, stable=False), torch.argsort(scores, dim=-1, descending=True))
+    stable = rank_descending(scores)
+    assert stable[0].tolist() == [3, 0, 2, 5, 7, 1, 4, 6]  # ties by ascending index
+    for s in (True, False):  # the same set whenever the cut does not split a tie
+        assert select_fg_bg(scores, 5, stable=s).tolist() == [[0, 2, 3, 5, 7]] * 2

@@ -33,8 +33,9 @@ def _offsets(radius: int) -> list[tuple[int, int]]:
     return [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
 
 
-def naive_best_offsets(feat, prev, grid, radius, pct=None) -> torch.Tensor:
-    """Raw dot products, out-of-grid candidates excluded, first offset on ties, optional relative threshold."""
+def naive_best_offsets(feat, prev, grid, radius, pct=None, mode="reference") -> torch.Tensor:
+    """Raw dot products, first offset on ties, optional relative threshold. ``reference``: out-of-grid candidates
+    score 0.0 and every score of exactly 0.0 becomes -100 (spec §6 rules 2-4); ``exclude``: they are skipped."""
     h, w = grid
     b, n, _ = feat.shape
     offs = _offsets(radius)
@@ -46,13 +47,17 @@ def naive_best_offsets(feat, prev, grid, radius, pct=None) -> torch.Tensor:
             best, best_score = None, None
             for o, (dy, dx) in enumerate(offs):
                 sy, sx = y + dy, x + dx
-                if not (0 <= sy < h and 0 <= sx < w):
+                inside = 0 <= sy < h and 0 <= sx < w
+                if not inside and mode == "exclude":
                     continue
-                s = float(feat[bi, p] @ prev[bi, sy * w + sx])
+                s = float(feat[bi, p] @ prev[bi, sy * w + sx]) if inside else 0.0
+                if mode == "reference" and s == 0.0:
+                    s = -100.0
                 if best_score is None or s > best_score:  # strict: the first offset wins ties
                     best, best_score = o, s
             if pct is not None:
                 zero = float(feat[bi, p] @ prev[bi, p])
+                zero = -100.0 if mode == "reference" and zero == 0.0 else zero
                 zero = zero if zero > 0 else 0.1
                 if not best_score / zero >= (100.0 + pct) / 100.0:
                     best = center
@@ -60,17 +65,18 @@ def naive_best_offsets(feat, prev, grid, radius, pct=None) -> torch.Tensor:
     return out
 
 
-def naive_warp(importance, feat, prev, grid, radius, pct=None) -> torch.Tensor:
-    """Pull warp H'(p) = H(p + o*(p))."""
-    w = grid[1]
-    best = naive_best_offsets(feat, prev, grid, radius, pct)
+def naive_warp(importance, feat, prev, grid, radius, pct=None, mode="reference") -> torch.Tensor:
+    """Pull warp H'(p) = H(p + o*(p)); an out-of-grid winner (reference only) copies cell 0."""
+    h, w = grid
+    best = naive_best_offsets(feat, prev, grid, radius, pct, mode)
     offs = _offsets(radius)
     out = torch.empty_like(importance)
     for bi in range(importance.shape[0]):
         for p in range(importance.shape[1]):
             y, x = divmod(p, w)
             dy, dx = offs[int(best[bi, p])]
-            out[bi, p] = importance[bi, (y + dy) * w + (x + dx)]
+            inside = 0 <= y + dy < h and 0 <= x + dx < w
+            out[bi, p] = importance[bi, (y + dy) * w + (x + dx)] if inside else importance[bi, 0]
     return out
 
 
@@ -245,3 +251,38 @@ def test_shape_mismatch_raises() -> None:
         best_offsets(feat, torch.zeros(1, 12, 4), (3, 4))  # feature widths differ
     with pytest.raises(ValueError):
         warp_importance(torch.zeros(1, 12), feat, torch.zeros(2, 12, 3), (3, 4))  # batch differs
+
+
+@pytest.mark.parametrize("mode", ["reference", "exclude"])
+@pytest.mark.parametrize(("grid", "radius"), [((3, 5), 1), ((4, 4), 2)])
+def test_both_out_of_grid_rules_match_their_loops(grid: tuple[int, int], radius: int, mode: str) -> None:
+    n = grid[0] * grid[1]
+    feat, prev = _int_features(2, n, 2, 5), _int_features(2, n, 2, 6)  # many exact zeros and negative scores
+    imp = torch.rand(2, n, generator=_gen(7), dtype=DT)
+    assert torch.equal(
+        best_offsets(feat, prev, grid, radius, out_of_grid=mode),
+        naive_best_offsets(feat, prev, grid, radius, mode=mode),
+    )
+    assert_close(
+        warp_importance(imp, feat, prev, grid, radius, out_of_grid=mode),
+        naive_warp(imp, feat, prev, grid, radius, mode=mode),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_the_reference_rule_copies_cell_0_when_every_in_grid_score_is_below_the_sentinel() -> None:
+    """A token whose every in-grid neighbour scores below -100 takes cell 0's value under the reference rule (its
+    first out-of-grid candidate wins with -100), and its best in-grid neighbour's under ours."""
+    grid = (2, 3)
+    feat = torch.zeros(1, 6, 1, dtype=DT)
+    prev = torch.ones(1, 6, 1, dtype=DT)
+    feat[0, 5] = -200.0  # the bottom-right token: every neighbour scores -200 (in grid) or 0 -> -100 (outside)
+    feat[0, :5] = 1.0
+    prev[0, 4] = 0.5  # its in-grid neighbours differ, so ours picks one: cell 4 scores -100 ... -200 * 0.5
+    imp = torch.tensor([[0.9, 0.1, 0.2, 0.3, 0.4, 0.5]], dtype=DT)
+    ours = warp_importance(imp, feat, prev, grid, 1, out_of_grid="exclude")
+    reference = warp_importance(imp, feat, prev, grid, 1, out_of_grid="reference")
+    assert reference[0, 5] == 0.9 and ours[0, 5] == 0.4
+    with pytest.raises(ValueError, match="out_of_grid"):
+        best_offsets(feat, prev, grid, 1, out_of_grid="clamp")

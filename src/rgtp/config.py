@@ -196,6 +196,9 @@ class SelectionConfig:
     # ablations, run through the same pipeline (buffers, schedule): uniform / random subsets of the same size, or
     # (ViTDet) the tokens inside the previous frame's boxes grown by box_margin tokens (MaskVD-style; no rollout).
     policy: str = "rollout"  # a name in rgtp.runtime.selectors.SELECTORS (register_selector adds one)
+    # How tokens of equal score are ranked: stable (by index; ours, deterministic on every device) or reference
+    # (torch.argsort's default sort, as the reference code: reproduces its kept sets exactly on CPU).
+    tie_break: Literal["stable", "reference"] = "stable"
     box_margin: int = 1
     seed: int = 0  # policy random: the draws of step t are seeded by (seed, t)
 
@@ -203,6 +206,7 @@ class SelectionConfig:
         from rgtp.runtime.selectors import SELECTORS  # the registry: a registered selector is a valid policy
 
         _one_of("policy", self.policy, tuple(SELECTORS))
+        _one_of("tie_break", self.tie_break, ("stable", "reference"))
         _check(self.box_margin >= 0, f"box_margin must be >= 0, got {self.box_margin}")
         _check(0.0 < self.keep_ratio <= 1.0, f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         _check(0.0 < self.fg_ratio <= 1.0, f"fg_ratio must be in (0, 1], got {self.fg_ratio}")
@@ -247,9 +251,13 @@ class TrackingConfig:
 
     radius: int = 1  # search offsets in [-radius, radius]²; 0 disables tracking
     rel_threshold_pct: float | None = None  # move only if the best score beats the zero offset by this percentage
+    # Out-of-grid candidates: reference (the reference's -100 sentinel for zero scores; an out-of-grid winner copies
+    # cell 0) or exclude (they never win). See rgtp.pruning.tracking.OUT_OF_GRID.
+    out_of_grid: Literal["reference", "exclude"] = "reference"
 
     def __post_init__(self) -> None:
         _check(self.radius >= 0, f"radius must be >= 0, got {self.radius}")
+        _one_of("out_of_grid", self.out_of_grid, ("reference", "exclude"))
 
 
 @dataclass(frozen=True)

@@ -59,16 +59,20 @@ def fg_bg_count(num_tokens: int, keep_ratio: float, fg_ratio: float = 1.0, bg_ra
     return kept
 
 
-def rank_descending(scores: Tensor) -> Tensor:
-    """Token indices by descending score, ties by ascending index: (B, N) -> (B, N) long."""
-    return torch.sort(scores, dim=-1, descending=True, stable=True).indices
+def rank_descending(scores: Tensor, stable: bool = True) -> Tensor:
+    """Token indices by descending score: (B, N) -> (B, N) long. Ties go by ascending index (``stable``), or as
+    ``torch.argsort``'s default sort orders them (what the reference does; on CPU it is deterministic but its order
+    of ties is the implementation's)."""
+    if stable:
+        return torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    return torch.argsort(scores, dim=-1, descending=True)
 
 
-def select_topk(scores: Tensor, k: int) -> Tensor:
-    """The k highest-scoring tokens: (B, N) -> (B, k), ascending indices."""
+def select_topk(scores: Tensor, k: int, stable: bool = True) -> Tensor:
+    """The k highest-scoring tokens: (B, N) -> (B, k), ascending indices (ties: see :func:`rank_descending`)."""
     if not 0 < k <= scores.shape[-1]:
         raise ValueError(f"k must be in [1, {scores.shape[-1]}], got {k}")
-    return rank_descending(scores)[:, :k].sort(dim=-1).values
+    return rank_descending(scores, stable)[:, :k].sort(dim=-1).values
 
 
 def uniform_subset(num_tokens: int, k: int, t: int, device: torch.device | str | None = None) -> Tensor:
@@ -110,18 +114,19 @@ def select_fg_bg(
     fg_stride: int = 1,
     bg_stride: int | None = None,
     curve_rank: Tensor | None = None,
+    stable: bool = True,
 ) -> Tensor:
     """Foreground/background strided sampling (spec §7.2): (B, N) -> (B, K), ascending indices.
 
     The ``num_fg`` top tokens form the foreground; every ``fg_stride``-th of them is kept, counting by rank. The other
     tokens form the background; every ``bg_stride``-th of them is kept, counting in raster order (none if
     ``bg_stride`` is None). With ``curve_rank`` ((N,) position of each raster cell on a space-filling curve), both
-    strides count along the curve instead.
+    strides count along the curve instead. ``stable``: how ties of the ranking go (see :func:`rank_descending`).
     """
     num_tokens = scores.shape[-1]
     if not 0 < num_fg <= num_tokens:
         raise ValueError(f"num_fg must be in [1, {num_tokens}], got {num_fg}")
-    order = rank_descending(scores)  # (B, N)
+    order = rank_descending(scores, stable)  # (B, N)
     fg, bg = order[:, :num_fg], order[:, num_fg:]  # (B, K_fg), (B, N - K_fg)
     if curve_rank is not None:
         fg = _sort_by(fg, curve_rank)

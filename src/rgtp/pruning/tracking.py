@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["best_offsets", "offset_sources", "warp_importance"]
+__all__ = ["OUT_OF_GRID", "REFERENCE_SENTINEL", "best_offsets", "offset_sources", "warp_importance"]
+
+#: How candidates outside the grid are treated. ``reference``: as the reference code (spec §6, rules 3-5) does, every
+#: score of exactly 0.0 (out-of-grid neighbours, which meet zero padding, and genuine zeros) becomes -100, so an
+#: out-of-grid candidate wins only when every in-grid score is below -100, and then the token takes the heatmap value
+#: of grid cell 0. ``exclude``: out-of-grid candidates never win (ours; a token always takes an in-grid neighbour).
+OUT_OF_GRID = ("reference", "exclude")
+REFERENCE_SENTINEL = -100.0
 
 
 @lru_cache(maxsize=32)
@@ -44,18 +51,21 @@ def best_offsets(
     grid: tuple[int, int],
     radius: int = 1,
     rel_threshold_pct: float | None = None,
+    out_of_grid: str = "reference",
 ) -> Tensor:
     """For each current token, the offset to the best-matching token of the previous frame within ``radius``.
 
     The match score is the raw dot product of the two tokens' features (the reference uses 768-d patch embeddings
-    before the position encoding). Candidates outside the grid are excluded; ties go to the first offset in row-major
-    order. With ``rel_threshold_pct`` = P, a non-zero offset wins only if its score is at least (100 + P)% of the
-    zero-offset score (clamped to 0.1 when not positive); otherwise the token stays in place.
+    before the position encoding). Candidates outside the grid are handled as ``out_of_grid`` says (see
+    :data:`OUT_OF_GRID`); ties go to the first offset in row-major order. With ``rel_threshold_pct`` = P, a non-zero
+    offset wins only if its score is at least (100 + P)% of the zero-offset score (clamped to 0.1 when not
+    positive); otherwise the token stays in place.
 
     Args:
         features: (B, N, C) features of frame t.
         prev_features: (B, N, C) features of frame t-1.
         grid: (H, W) token grid, N = H * W.
+        out_of_grid: ``reference`` or ``exclude``.
 
     Returns:
         (B, N) long, the winning offset index in [0, (2 * radius + 1) ** 2).
@@ -72,8 +82,13 @@ def best_offsets(
             shifted = prev[:, dy : dy + h, dx : dx + w].reshape(b * n, c, 1)  # (B*N, C, 1)
             scores.append(torch.bmm(cur, shifted).view(b, n))  # (B, N): N*C MACs per offset
     score = torch.stack(scores, dim=1)  # (B, O, N)
-    _, valid = offset_sources(h, w, radius, features.device)
-    score = score.masked_fill(~valid, float("-inf"))
+    if out_of_grid == "reference":  # zero padding scores exactly 0.0, as do genuine zeros: all become the sentinel
+        score = score.masked_fill(score == 0.0, REFERENCE_SENTINEL)
+    elif out_of_grid == "exclude":
+        _, valid = offset_sources(h, w, radius, features.device)
+        score = score.masked_fill(~valid, float("-inf"))
+    else:
+        raise ValueError(f"out_of_grid must be one of {OUT_OF_GRID}, got {out_of_grid!r}")
     best = score.argmax(dim=1)  # (B, N), first maximum on ties
     if rel_threshold_pct is not None:
         center = score.shape[1] // 2
@@ -91,19 +106,22 @@ def warp_importance(
     grid: tuple[int, int],
     radius: int = 1,
     rel_threshold_pct: float | None = None,
+    out_of_grid: str = "reference",
 ) -> Tensor:
     """Pull-warp the previous heatmap onto the current frame: H'(p) = H(p + o*(p)).
 
     Args:
         importance: (B, N) heatmap of frame t-1.
-        features, prev_features, grid, radius, rel_threshold_pct: as in :func:`best_offsets`.
+        features, prev_features, grid, radius, rel_threshold_pct, out_of_grid: as in :func:`best_offsets`; a token
+            whose winner lies outside the grid (``reference`` only) takes the value of cell 0, as the reference does.
 
     Returns:
         (B, N) warped heatmap (not renormalised; it is only used for ranking). ``radius=0`` returns ``importance``.
     """
     if radius == 0:
         return importance
-    best = best_offsets(features, prev_features, grid, radius, rel_threshold_pct)  # (B, N)
-    sources, _ = offset_sources(grid[0], grid[1], radius, importance.device)  # (O, N)
+    best = best_offsets(features, prev_features, grid, radius, rel_threshold_pct, out_of_grid)  # (B, N)
+    sources, valid = offset_sources(grid[0], grid[1], radius, importance.device)  # (O, N) each
     src = sources.gather(0, best)  # (B, N): (O, N) gathered by row index per (b, n)
+    src = torch.where(valid.gather(0, best), src, torch.zeros_like(src))  # an out-of-grid winner copies cell 0
     return importance.gather(1, src)

@@ -130,13 +130,16 @@ class RolloutSelector(Selector):
     def choose(self, choice: Choice) -> tuple[Tensor, Tensor | None]:
         importance, features = _previous(choice.state)
         sel, track, grid = self.cfg.selection, self.cfg.tracking, choice.grid
-        scores = warp_importance(importance, choice.embeds, features, grid, track.radius, track.rel_threshold_pct)
+        scores = warp_importance(
+            importance, choice.embeds, features, grid, track.radius, track.rel_threshold_pct, track.out_of_grid
+        )
         keep = select_fg_bg(
             scores,
             choice.num_fg,
             stride_of(sel.fg_ratio),
             stride_of(sel.bg_ratio) if sel.bg_ratio > 0 else None,
             gilbert_rank(grid[0], grid[1], choice.embeds.device) if sel.curve_order else None,
+            stable=sel.tie_break == "stable",
         )
         return keep, scores
 
