@@ -189,10 +189,10 @@ def test_cli_evaluate_k400(k400_root: Path, tmp_path: Path, capsys: pytest.Captu
     printed = capsys.readouterr().out
     assert "| tiny_k400 | 4 | 1 |" in printed
     result = json.loads((tmp_path / "out" / "results.json").read_text())[0]
-    assert (
-        list(result["failed_ids"]) == ["vid3_000003_000013"]
-        and "not found" in result["failed_ids"]["vid3_000003_000013"]
-    )
+    error = result["failed_ids"]["vid3_000003_000013"]
+    assert list(result["failed_ids"]) == ["vid3_000003_000013"] and "video file not found" in error
+    val = k400_root / "val"
+    assert f"{val}/vid3_000003_000013.* and {val}/*/vid3_000003_000013.*" in error  # both layouts searched
 
 
 def test_torchrun_two_processes_match_one_k400(k400_root: Path, tmp_path: Path) -> None:
@@ -231,3 +231,15 @@ def test_torchrun_two_processes_match_one_k400(k400_root: Path, tmp_path: Path) 
         one["top1"],
         one["top5"],
     )
+
+
+def test_more_clips_extend_a_finished_run_and_nothing_readable_is_an_error(tmp_path: Path, weights: Path) -> None:
+    """--max-items 2 then 3: the two finished clips are kept. A split of which no clip reads is an error that names
+    where the media were searched, not top-1 0.00."""
+    evaluate_action("vivit-k400", FakeClips([0, 1]), [PRUNED], weights, tmp_path, progress=False)
+    more = FakeClips([0, 1, 2])
+    result = evaluate_action("vivit-k400", more, [PRUNED], weights, tmp_path, progress=False)[0]
+    assert more.loads == 1 and result.clips == 3
+    broken = FakeClips([0, 1], broken=("clip0", "clip1"))
+    with pytest.raises(ActionDataError, match=r"none of the 2 clips of split 'val' could be read \(media searched in"):
+        evaluate_action("vivit-k400", broken, [PRUNED], weights, tmp_path / "b", progress=False)

@@ -185,3 +185,15 @@ def test_torchrun_two_processes_match_one(vid_root: Path, weights: Path, tmp_pat
     assert two["frames"] == one["frames"] == 12
     assert math.isclose(two["map50"], one["map50"], abs_tol=1e-9)
     assert two["full_fraction"] == one["full_fraction"]
+
+
+def test_a_run_of_the_first_sequences_extends_to_more(vid_root: Path, weights: Path, tmp_path: Path) -> None:
+    """--max-items N, then a larger N: the finished sequences are kept and only the new ones run."""
+    evaluate_vid(VIDDataset(vid_root, "val", max_sequences=1), [RGTP], weights, tmp_path, progress=False)
+    more = VIDDataset(vid_root, "val", max_sequences=3)
+    calls: list[str] = []
+    real = vid_eval._run_sequence
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vid_eval, "_run_sequence", lambda *a, **k: (calls.append(a[3].name), real(*a, **k))[1])
+        (result,) = evaluate_vid(more, [RGTP], weights, tmp_path, progress=False)
+    assert calls == [s.name for s in more.sequences[1:]] and result.sequences == 3

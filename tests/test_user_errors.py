@@ -131,3 +131,14 @@ def test_a_damaged_video_warns_and_strict_fails(
     assert 0 < decoded < 30 and f"ends at frame {decoded} of the 30" in caplog.text
     err = _error(capsys, ["run", str(cut), "--preset", "shapes_det_rgtp", "--jsonl", str(jsonl), "--strict"])
     assert f"ends at frame {decoded} of the 30" in err
+
+
+def test_overrides_are_validated_together_and_give_a_derived_identity(capsys: pytest.CaptureFixture[str]) -> None:
+    """The order of --set does not matter for validity; a changed preset is no longer the paper's row."""
+    assert main(["flops", "vitdet_vid_1024_base", "--set", "model.embed_dim=64", "--set", "model.num_heads=2"]) == 0
+    out = capsys.readouterr().out
+    assert "preset vitdet_vid_1024_base+" in out and "paper None" in out
+    assert main(["flops", "vitdet_vid_672_keep512", "--set", "rgtp.selection.keep_ratio=0.29"]) == 0  # unchanged
+    assert "preset vitdet_vid_672_keep512 (" in capsys.readouterr().out
+    assert main(["flops", "vitdet_vid_672_keep512", "--set", "rgtp.selection.keep_ratio=0.2"]) == 0
+    assert "paper 174.84" not in capsys.readouterr().out

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rgtp.config import PRECISIONS, ConfigError, Preset, load_config, override, save_config, to_dict
+from rgtp.config import PRECISIONS, ConfigError, Preset, changed, load_config, override, save_config, to_dict
 from rgtp.interrupt import Interrupted, exit_status, interrupt_as_exception
 
 if TYPE_CHECKING:
@@ -43,8 +43,8 @@ def _resolve(args: argparse.Namespace) -> Preset:
     from rgtp.presets import get_preset
 
     preset = load_config(Preset, args.config) if getattr(args, "config", None) else get_preset(args.preset)
-    for assignment in args.set or []:
-        preset = override(preset, assignment)
+    if args.set:
+        preset = changed(preset, override(preset, *args.set), args.set)
     return preset
 
 

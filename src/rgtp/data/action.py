@@ -63,6 +63,11 @@ class ActionDataset:
         """The clip's frames, (T, H, W, 3) uint8 RGB; raises :class:`ActionDataError` naming the file."""
         raise NotImplementedError
 
+    def searched(self) -> list[str]:
+        """Where the reader looks for the media of its clips, for errors that say nothing could be read."""
+        root = getattr(self, "root", None)
+        return [str(root)] if root is not None else []
+
     def describe(self) -> dict[str, Any]:
         """What determines the frames this reader produces (name, root, decoding options): results and caches of
         runs with different readers must not be mixed on resume."""

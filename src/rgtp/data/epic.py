@@ -92,6 +92,7 @@ class EpicKitchens(ActionDataset):
         nouns = _class_names(csv_path.parent / "EPIC_100_noun_classes.csv", "noun", NUM_NOUNS)
         rows = read_csv_rows(csv_path, _COLUMNS)
         self._videos: dict[str, Path] = {}
+        self._searched: dict[str, str] = {}  # video id -> every place looked for it, when it is nowhere
         layout = self._detect_layout(rows) if layout == "auto" else layout
         self.layout = layout
         if fps is not None and layout == "frames":
@@ -124,6 +125,8 @@ class EpicKitchens(ActionDataset):
             candidates = [self.root / "videos" / f"{video}{s}" for s in (".mp4", ".MP4")]
             candidates += [self.root / participant / "videos" / f"{video}{s}" for s in (".MP4", ".mp4")]
             self._videos[video] = next((p for p in candidates if p.is_file()), candidates[0])
+            if not self._videos[video].is_file():
+                self._searched[video] = " | ".join(str(p) for p in candidates)
         return self._videos[video]
 
     def _frames_dir(self, participant: str, video: str) -> Path:
@@ -162,7 +165,15 @@ class EpicKitchens(ActionDataset):
             path, frames = self._frames_dir(participant, video), (first, last)
         else:
             path, frames = self._video_path(participant, video), None
+            if video in self._searched:
+                extra["searched"] = self._searched[video]
         return ActionClip(row["narration_id"], verb, path, noun, start, stop, frames, extra)
+
+    def searched(self) -> list[str]:
+        """Where the split's media are looked for."""
+        if self.layout == "frames":
+            return [f"{self.root}/<participant>/rgb_frames/<video>/frame_*.jpg"]
+        return [f"{self.root}/videos/<video>.mp4", f"{self.root}/<participant>/videos/<video>.MP4"]
 
     def missing(self) -> list[str]:
         """Ids of the segments whose video (or frame folder, first or last frame) does not exist; nothing is decoded."""

@@ -137,7 +137,8 @@ def load_video_clip(clip: ActionClip, fps: float | None, short_side: int | None)
     try:
         return read_clip(clip.path, clip.start, clip.stop, fps=fps, short_side=short_side)
     except FileNotFoundError as exc:
-        raise ActionDataError(f"clip {clip.id}: video file not found: {clip.path}") from exc
+        where = clip.extra.get("searched", str(clip.path))
+        raise ActionDataError(f"clip {clip.id}: video file not found (searched {where})") from exc
     except (VideoDecodeError, IsADirectoryError) as exc:
         raise ActionDataError(f"clip {clip.id}: {exc}") from exc
     except (ValueError, RuntimeError, OSError, MemoryError) as exc:  # e.g. a size change mid-stream, PyAV errors
@@ -243,11 +244,18 @@ class Kinetics400(ActionDataset):
         clip_id = f"{row['youtube_id']}_{start:06d}_{end:06d}"
         path = videos.get(clip_id, self.videos_dir / f"{clip_id}.mp4")
         extra = {"youtube_id": row["youtube_id"], "time_start": str(start), "time_end": str(end)}
+        if clip_id not in videos:  # what a "not found" error names: every place the index looked
+            extra["searched"] = f"{self.videos_dir}/{clip_id}.* and {self.videos_dir}/*/{clip_id}.*"
         return ActionClip(id=clip_id, label=label, path=path, extra=extra)
 
     def missing(self) -> list[str]:
         """Ids of the clips whose video file does not exist (nothing is decoded)."""
         return [clip.id for clip in self.clips if not clip.path.is_file()]
+
+    def searched(self) -> list[str]:
+        """Where the split's videos are looked for."""
+        suffixes = ",".join(s.lstrip(".") for s in VIDEO_SUFFIXES)
+        return [f"{self.videos_dir}/*.{{{suffixes}}}", f"{self.videos_dir}/<class>/*.{{{suffixes}}}"]
 
     def load(self, clip: ActionClip) -> np.ndarray:
         """The clip's frames at ``fps`` and ``short_side``: -> (T, H, W, 3) uint8 RGB.

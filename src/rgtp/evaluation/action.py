@@ -72,13 +72,14 @@ class ActionResult:
 
 
 def _header(task: str, preset: Preset, weights: str, dataset: ActionDataset, split: str) -> dict[str, Any]:
+    """What identifies a run: not which clips it covers, so that a run of the first N clips resumes into one of
+    more (the results are keyed by clip, and only the dataset's clips are scored)."""
     return {
         "task": task,
         "preset": to_dict(preset),
         "weights": weights if weights == "random" else str(Path(weights).resolve()),
         "dataset": dataset.describe(),
         "split": split,
-        "clips": len(dataset),
     }
 
 
@@ -215,7 +216,7 @@ def _run_clip(
     pending = [p for p in presets if clip.id not in done[p.name]]
     video, error, decode = loaded
     if video is None:
-        logger.warning("clip %s: %s", clip.id, error)
+        logger.warning("%s", error)  # the message names the clip
         for p in pending:
             logs[p.name].append(clip.id, {"error": error})
         return
@@ -253,6 +254,12 @@ def _score(dataset: ActionDataset, preset: Preset, weights: str, split: str, log
             failed[clip.id] = errors[clip.id]
         else:
             raise RuntimeError(f"clip {clip.id} has no result (a process failed?)")
+    if failed and not records:
+        where = "; ".join(dataset.searched()) or "(the reader names no location)"
+        raise ActionDataError(
+            f"none of the {len(failed)} clips of split {split!r} could be read (media searched in: {where}); "
+            f"the first error: {next(iter(failed.values()))}"
+        )
     if failed:
         logger.warning("%s: %d clip(s) could not be read: %s", preset.name, len(failed), ", ".join(list(failed)[:10]))
     seconds = sum(r["seconds"] for r in records)

@@ -158,7 +158,6 @@ def _header(preset: Preset, weights: str, dataset: VIDDataset, split: str) -> di
         "weights": weights if weights == "random" else str(Path(weights).resolve()),
         "data": str(dataset.root.resolve()),
         "split": split,
-        "sequences": [s.name for s in dataset.sequences],
     }
 
 

@@ -175,7 +175,7 @@ def _cache_clips(
             try:
                 video = dataset.load(clip)
             except ActionDataError as exc:
-                logger.warning("clip %s: %s", clip.id, exc)
+                logger.warning("%s", exc)  # the message names the clip
                 failed[index] = (clip.id, str(exc))
             else:
                 features = _clip_features(runtime, video, preset, device)  # (views, steps, C)
