@@ -290,6 +290,7 @@ def test_cli_torchrun_two_processes_match_one(
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("temporal fine-tuning of") == 1  # only the first process logs
     one, two = state(tmp_path / "one" / "last.pt"), state(tmp_path / "two" / "last.pt")
     for k in one:
         torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=1e-4)
@@ -461,3 +462,61 @@ def test_stop_top1_ends_training_and_resumes_stopped(
     more = dataclasses.replace(cfg, stop_top1=None)  # but without the stop it goes on (same schedule)
     resumed = train_vivit(FakeClips(4), FakeClips(2, offset=50), tmp_path, DENSE, weights, more, progress=False)
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The edges of training (issue 16): every one a clear error, nothing written that is not valid
+
+
+def test_features_of_another_preset_are_refused(cache: Path, weights: Path, tmp_path: Path) -> None:
+    other = dataclasses.replace(RGTP, name="tiny_other", rgtp=vivit_rgtp(keep_ratio=0.25))
+    with pytest.raises(ValueError, match=r"holds features of preset 'tiny_rgtp', not of 'tiny_other'"):
+        train_temporal(cache, tmp_path / "run", other, weights, config(), ("train", "val"), progress=False)
+    changed = dataclasses.replace(RGTP, rgtp=vivit_rgtp(keep_ratio=0.25))  # the same name, another config
+    with pytest.raises(ValueError, match="was cached with another tiny_rgtp"):
+        train_temporal(cache, tmp_path / "run", changed, weights, config(), ("train", "val"), progress=False)
+
+
+def test_a_diverging_run_stops_and_keeps_valid_files(cache: Path, weights: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="lr must be a finite number"):
+        config(lr=float("inf"))
+    run = tmp_path / "run"
+    with pytest.raises(training_loop.NonFiniteLossError, match="not finite"):
+        train_temporal(cache, run, RGTP, weights, config(lr=1e30, epochs=3), ("train", "val"), progress=False)
+    for line in (run / "history.jsonl").read_text().splitlines():  # what was written is valid JSON (epoch 0 at least)
+        record = json.loads(line)
+        assert record["epoch"] == 0 or all(np.isfinite(v) for v in (record["train_loss"], record["val"]["loss"]))
+    for name in ("last.pt", "best.pt"):
+        if (run / name).is_file():
+            assert all(torch.isfinite(v).all() for v in state(run / name).values() if v.is_floating_point())
+
+
+def test_damaged_feature_file_names_its_path(cache: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from rgtp.training.cache import CacheError, FeatureCache
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    cached = FeatureCache(copy / "train")
+    victim = cached.files[2]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    with pytest.raises(CacheError, match=rf"{victim.name}: unreadable cached features"):
+        cached[2]
+
+
+def test_training_commands_share_one_rule_for_their_arguments(
+    cache: Path, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file = tmp_path / "tiny.json"
+    save_config(RGTP, config_file)
+    base = train_args(cache, weights, config_file, tmp_path / "run")
+    assert main([*base[: base.index("--epochs") + 1], "0", *base[base.index("--epochs") + 2 :]]) == 2
+    assert "epochs must be >= 1" in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = base.index("--out") + 1
+    assert main([*base[:out], str(a_file), *base[out + 1 :]]) == 2
+    assert "is a file: the run needs a directory" in capsys.readouterr().err
+    assert main(["train", "vitdet", "--data", "shapes", "--out", str(tmp_path / "d"), "--epochs", "0"]) == 2
+    assert "epochs >= 1" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,17 @@ from rgtp.progress import progress_bar
 from rgtp.runtime.driver import run_clip
 from rgtp.training.common import build_vivit, weights_name
 
-__all__ = ["CacheSummary", "FeatureCache", "cache_spatial", "cached_preset"]
+__all__ = ["CacheError", "CacheSummary", "FeatureCache", "cache_spatial", "cached_preset"]
 
 logger = logging.getLogger(__name__)
 
 META = "meta.json"
 DTYPES = ("float32", "float16")
 _IDENTITY = ("preset", "config", "weights", "dataset", "split", "count", "dtype")  # must match to resume
+
+
+class CacheError(ValueError):
+    """A feature cache that cannot be used: a damaged file, or features of another preset."""
 
 
 @dataclass
@@ -243,9 +248,16 @@ class FeatureCache(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         index = key[0] if isinstance(key, tuple) else key
-        with np.load(self.files[index]) as data:
-            features = torch.from_numpy(data["features"].astype(np.float32))  # (views, steps, C)
-            return features, int(data["label"]), int(data["noun"])
+        path = self.files[index]
+        try:
+            with np.load(path) as data:
+                features = torch.from_numpy(data["features"].astype(np.float32))  # (views, steps, C)
+                return features, int(data["label"]), int(data["noun"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise CacheError(
+                f"{path}: unreadable cached features ({type(exc).__name__}: {exc}); delete it and run "
+                "`rgtp cache-spatial` again (it resumes, re-caching what is missing)"
+            ) from None
 
 
 def cached_preset(cache_dir: str | Path) -> Preset:

@@ -53,12 +53,14 @@ from rgtp.training.common import check_precision, training_autocast, weights_nam
 from rgtp.training.loop import (
     FitResult,
     all_sum,
+    check_finite,
     epoch_batches,
     keyed_loader,
     lr_schedule,
     rank_seed,
     read_checkpoint,
     resume_settings,
+    run_directory,
     write_epoch_files,
     write_json,
 )
@@ -107,8 +109,8 @@ class DetTrainConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1 or self.workers < 0:
-            raise ConfigError("lr must be > 0, epochs >= 1, batch_size >= 1 and workers >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0) or self.epochs < 1 or self.batch_size < 1 or self.workers < 0:
+            raise ConfigError("lr must be a finite number > 0, epochs >= 1, batch_size >= 1 and workers >= 0")
         if self.weight_decay < 0 or self.warmup_steps < 0 or not 0.0 < self.warmup_factor <= 1.0:
             raise ConfigError("weight_decay and warmup_steps must be >= 0, warmup_factor in (0, 1]")
         if not 0.0 <= self.min_lr_ratio <= 1.0 or (self.clip_grad is not None and self.clip_grad <= 0):
@@ -341,7 +343,7 @@ def train_vitdet(
             )
     if train_set.num_frames == 0:
         raise ValueError("the training set has no frames")
-    out = Path(out_dir)
+    out = run_directory(out_dir)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     identity = plain(
         {
@@ -443,8 +445,10 @@ def _step(
     local = torch.tensor([terms.counts[k] * weight for k in LOSS_NAMES], dtype=torch.float64)
     counts = all_sum(local, info, device).clamp(min=1.0)  # the normalisers of the global batch
     parts = [terms.sums[k] * (weight * info.world / counts[i].item()) for i, k in enumerate(LOSS_NAMES)]
+    loss = sum(parts)
+    check_finite(loss, info, device)  # type: ignore[arg-type]
     opt.zero_grad(set_to_none=True)
-    sum(parts).backward()  # type: ignore[union-attr]
+    loss.backward()  # type: ignore[union-attr]
     if cfg.clip_grad is not None:
         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
     opt.step()

@@ -112,14 +112,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.epochs < 0 or self.batch_size < 1 or self.workers < 0:
-            raise ConfigError("epochs must be >= 0, batch_size >= 1 and workers >= 0")
-        if self.weight_decay < 0 or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("weight_decay must be >= 0 and dropout in [0, 1)")
+        if self.epochs < 1 or self.batch_size < 1 or self.workers < 0:
+            raise ConfigError("epochs must be >= 1, batch_size >= 1 and workers >= 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("weight_decay must be a finite number >= 0 and dropout in [0, 1)")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if self.val_batch_size is not None and self.val_batch_size < 1:
@@ -323,7 +323,7 @@ class _State:
 
 def fit(job: TrainJob, cfg: TrainConfig, out_dir: str | Path, info: DistInfo, progress: bool = True) -> FitResult:
     """Train ``job`` for ``cfg.epochs`` epochs (resuming ``out_dir`` if it holds a checkpoint); see the module doc."""
-    out = Path(out_dir)
+    out = run_directory(out_dir)
     params = [p for p in job.model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires a gradient")
@@ -431,7 +431,7 @@ def _train_epoch(
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * factor
             if total > 0:
-                per_sample = _step(ddp, job, cfg, opt, batch, total, info.world, device)
+                per_sample = _step(ddp, job, cfg, opt, batch, total, info, device)
                 loss_sum += per_sample.double().sum().cpu()
                 count += len(batch.indices)
                 steps += 1
@@ -455,10 +455,11 @@ def _step(
     opt: torch.optim.Optimizer,
     batch: _Batch,
     total: float,
-    world: int,
+    info: DistInfo,
     device: torch.device,
 ) -> Tensor:
-    """One optimiser step on this process's part of a global batch of ``total`` samples; its per-sample losses."""
+    """One optimiser step on this process's part of a global batch of ``total`` samples; its per-sample losses.
+    A loss that is not finite on any process stops training before the step (:class:`NonFiniteLossError`)."""
     if batch.inputs is None:  # no sample here: a zero-weighted dummy keeps this process in the all-reduce
         inputs = torch.zeros(1, *job.sample_shape, device=device)
         labels = torch.zeros(1, dtype=torch.long, device=device)
@@ -468,7 +469,8 @@ def _step(
         weight = 1.0
     with training_autocast(cfg.precision, device):
         per_sample = _losses(job.model, ddp(inputs), labels, nouns, job.nouns, cfg.double_softmax)  # (n,)
-    loss = per_sample.sum() * (weight * world / total)  # DDP averages over processes -> the global batch mean
+    loss = per_sample.sum() * (weight * info.world / total)  # DDP averages over processes -> the global batch mean
+    check_finite(loss, info, device)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip_grad is not None:
@@ -678,7 +680,31 @@ def write_json(path: Path, obj: Any) -> None:
 # Collectives (no-ops in a single process)
 
 
-def all_sum(t: Tensor, info: DistInfo, device: torch.device) -> Tensor:
+def run_directory(out_dir: str | Path) -> Path:
+    """A run directory to write (or resume): an existing file of that name is an error."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file: the run needs a directory (--out names where checkpoints go)")
+    return out
+
+
+class NonFiniteLossError(ValueError):
+    """Training diverged: a loss became NaN or infinite. The run's files hold the last finished (finite) epoch."""
+
+
+def check_finite(loss: Tensor, info: DistInfo, device: torch.device | str) -> None:
+    """Raise :class:`NonFiniteLossError` on every process if the loss is not finite on any (before the optimiser
+    step, so no non-finite update reaches the weights)."""
+    bad = all_sum(torch.tensor([0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0]), info, device)
+    if bad.item() > 0:
+        raise NonFiniteLossError(
+            "the training loss is not finite (NaN or inf): training stopped before applying it; the run directory "
+            "keeps the last finished epoch (checkpoint.pt, last.pt, best.pt). Lower the learning rate, or clip "
+            "gradients (--clip-grad)"
+        )
+
+
+def all_sum(t: Tensor, info: DistInfo, device: torch.device | str) -> Tensor:
     """Sum ``t`` over the processes (on ``device``: NCCL reduces CUDA tensors only); returned on the CPU."""
     if info.world > 1:
         t = t.to(device)

@@ -44,6 +44,19 @@ def _check_cache(cache: FeatureCache, cfg: ViViTConfig) -> None:
         raise ValueError(f"{cache.directory} has {classes} classes; the model predicts {cfg.num_classes}")
 
 
+def _check_presets(preset: Preset, *caches: FeatureCache) -> None:
+    """The features must come from the preset being fine-tuned (its spatial encoder and pruning), for every split."""
+    for cache in caches:
+        made_with = cache.meta.get("config")
+        if made_with is not None and made_with.get("name") == preset.name and made_with != to_dict(preset):
+            raise ValueError(f"{cache.directory} was cached with another {preset.name} (its config differs)")
+        if cache.meta.get("preset") != preset.name:
+            raise ValueError(
+                f"{cache.directory} holds features of preset {cache.meta.get('preset')!r}, not of {preset.name!r}: "
+                "cache the splits with the preset you fine-tune (rgtp cache-spatial --preset ...)"
+            )
+
+
 def temporal_job(
     cache_dir: str | Path,
     preset: Preset,
@@ -55,6 +68,7 @@ def temporal_job(
     """The fine-tuning job: the model with only ``temporal``, ``head`` (and ``head_noun``) trainable, and the caches
     ``cache_dir/<train split>`` and ``cache_dir/<val split>``."""
     train_set, val_set = (FeatureCache(Path(cache_dir) / s) for s in splits)
+    _check_presets(preset, train_set, val_set)
     model = build_vivit(preset, weights, device, dropout=cfg.dropout, seed=cfg.seed)
     for cache in (train_set, val_set):
         _check_cache(cache, model.cfg)
