@@ -44,8 +44,10 @@ def main() -> None:
                 f"| {name} | {kept} | {paper.clip_tmacs:.4f} | {acc.clip_tmacs:.4f} | "
                 f"{_pct(acc.clip_tmacs, paper.clip_tmacs)} |"
             )
-    print("| preset | kept (pruned frame) | reference GMACs FULL / PRUNED | ours FULL / PRUNED | diff | "
-          "reference VID avg | ours VID avg |")
+    print(
+        "| preset | kept (pruned frame) | reference GMACs FULL / PRUNED | ours FULL / PRUNED | diff | "
+        "reference VID avg | ours VID avg |"
+    )
     print("|---|---|---|---|---|---|---|")
     print("\n".join(vitdet_lines))
     print()

@@ -150,8 +150,9 @@ def overhead_cases(rgtp: RGTPGrid, tag: str, s0: Any, f1: Tensor, pruned_state: 
     scores = warp(None)
     globals_ = [i for i, blk in enumerate(net.blocks) if blk.is_global and i > 0]
     # Real attention probabilities of this PRUNED frame: kept queries against the refreshed qkv buffers.
-    probs = {i: net.blocks[i].attn.attend(pruned_state.qkv[i], grid, query_idx=keep, need_probs=True).probs
-             for i in globals_}
+    probs = {
+        i: net.blocks[i].attn.attend(pruned_state.qkv[i], grid, query_idx=keep, need_probs=True).probs for i in globals_
+    }
     rows_state = copy.deepcopy(s0)  # attention rows of frame 0, updated with this frame's rows below
 
     def rows(_: Any) -> None:
@@ -163,8 +164,9 @@ def overhead_cases(rgtp: RGTPGrid, tag: str, s0: Any, f1: Tensor, pruned_state: 
 
     return [
         Case(f"{tag}/warp", warp, repeat=5),
-        Case(f"{tag}/select", lambda _: select_fg_bg(scores, num_fg, stride_of(sel.fg_ratio), bg_stride, curve),
-             repeat=5),
+        Case(
+            f"{tag}/select", lambda _: select_fg_bg(scores, num_fg, stride_of(sel.fg_ratio), bg_stride, curve), repeat=5
+        ),
         Case(f"{tag}/rows", rows, repeat=5),
         Case(f"{tag}/rollout", rollout, repeat=5),
     ]
@@ -199,8 +201,9 @@ def _diff(a: list[float], b: list[float]) -> list[float]:
     return [x - y for x, y in zip(a, b, strict=True)]
 
 
-def derive(samples: dict[str, list[float]], gmacs: dict[str, Any], kept: dict[str, Any], presets: list[str]
-           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def derive(
+    samples: dict[str, list[float]], gmacs: dict[str, Any], kept: dict[str, Any], presets: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Table rows (backbone + RGTP per frame type) and the overhead breakdown of PRUNED frames."""
     dense = summarize(samples["dense"])
     dense_g = gmacs["dense"]["FULL"]
@@ -220,17 +223,37 @@ def derive(samples: dict[str, list[float]], gmacs: dict[str, Any], kept: dict[st
         rows.append(_row(name, "VID avg", None, mix_g, mix_ms, dense, dense_g, None))
         pieces = {p: summarize(samples[f"{name}/{p}"]).median_ms for p in OVERHEAD_PIECES}
         total = sum(pieces.values())
-        overhead[name] = {**{f"{p}_ms": v for p, v in pieces.items()}, "total_ms": total,
-                          "pruned_frame_ms": meds["PRUNED"], "pct_of_pruned_frame": 100 * total / meds["PRUNED"]}
+        overhead[name] = {
+            **{f"{p}_ms": v for p, v in pieces.items()},
+            "total_ms": total,
+            "pruned_frame_ms": meds["PRUNED"],
+            "pct_of_pruned_frame": 100 * total / meds["PRUNED"],
+        }
     return rows, overhead
 
 
-def _row(variant: str, kind: str, kept: int | None, g: float, ms: float, dense: Any, dense_g: float,
-         samples: list[float] | None) -> dict[str, Any]:
+def _row(
+    variant: str,
+    kind: str,
+    kept: int | None,
+    g: float,
+    ms: float,
+    dense: Any,
+    dense_g: float,
+    samples: list[float] | None,
+) -> dict[str, Any]:
     speedup = dense.median_ms / ms
     ratio = dense_g / g
-    row = {"variant": variant, "frame": kind, "kept": kept, "gmacs": g, "median_ms": ms, "speedup": speedup,
-           "gmac_ratio": ratio, "speedup_over_ratio_pct": 100 * speedup / ratio}
+    row = {
+        "variant": variant,
+        "frame": kind,
+        "kept": kept,
+        "gmacs": g,
+        "median_ms": ms,
+        "speedup": speedup,
+        "gmac_ratio": ratio,
+        "speedup_over_ratio_pct": 100 * speedup / ratio,
+    }
     if samples is not None:
         row["stats"] = summarize(samples).as_dict()
     return row
@@ -242,39 +265,64 @@ def targets(rows: list[dict[str, Any]], overhead: dict[str, Any], presets: list[
     assert paper.full_gmacs is not None and paper.pruned_gmacs is not None
     ratio = paper.full_gmacs / paper.pruned_gmacs
     speedup = next(r["speedup"] for r in rows if r["variant"] == first and r["frame"] == "PRUNED")
-    out = [{
-        "target": f"{first} PRUNED speedup >= {SPEEDUP_TARGET:.0%} of GMAC ratio "
-                  f"{paper.full_gmacs}/{paper.pruned_gmacs} = {ratio:.3f}",
-        "value": f"{speedup:.3f}x = {100 * speedup / ratio:.1f}% of {ratio:.3f}",
-        "met": speedup >= SPEEDUP_TARGET * ratio,
-    }]
+    out = [
+        {
+            "target": f"{first} PRUNED speedup >= {SPEEDUP_TARGET:.0%} of GMAC ratio "
+            f"{paper.full_gmacs}/{paper.pruned_gmacs} = {ratio:.3f}",
+            "value": f"{speedup:.3f}x = {100 * speedup / ratio:.1f}% of {ratio:.3f}",
+            "met": speedup >= SPEEDUP_TARGET * ratio,
+        }
+    ]
     for name in presets:
         pct = overhead[name]["pct_of_pruned_frame"]
-        out.append({"target": f"{name} RGTP overhead < {OVERHEAD_TARGET_PCT:g}% of a PRUNED frame",
-                    "value": f"{pct:.2f}%", "met": pct < OVERHEAD_TARGET_PCT})
+        out.append(
+            {
+                "target": f"{name} RGTP overhead < {OVERHEAD_TARGET_PCT:g}% of a PRUNED frame",
+                "value": f"{pct:.2f}%",
+                "met": pct < OVERHEAD_TARGET_PCT,
+            }
+        )
     return out
 
 
-def print_report(rows: list[dict[str, Any]], overhead: dict[str, Any], pyramid_ms: float, tgts: list[dict[str, Any]],
-                 gmacs: dict[str, Any], presets: list[str]) -> None:
+def print_report(
+    rows: list[dict[str, Any]],
+    overhead: dict[str, Any],
+    pyramid_ms: float,
+    tgts: list[dict[str, Any]],
+    gmacs: dict[str, Any],
+    presets: list[str],
+) -> None:
     print("\n| variant | frame | kept | GMACs | median ms | speedup vs dense | GMAC ratio | speedup / GMAC ratio |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         kept = "" if r["kept"] is None else str(r["kept"])
-        print(f"| {r['variant']} | {r['frame']} | {kept} | {r['gmacs']:.2f} | {r['median_ms']:.1f} | "
-              f"{r['speedup']:.2f}x | {r['gmac_ratio']:.2f} | {r['speedup_over_ratio_pct']:.0f}% |")
-    print(f"\nPyramid (subtracted from every step sample): median {pyramid_ms:.1f} ms. "
-          f"'VID avg' mixes FULL/PRUNED medians with a FULL fraction of {FULL_FRACTION}.")
-    print("Paper GMACs (full / pruned): " + ", ".join(
-        f"{p}: {PAPER[p].full_gmacs} / {PAPER[p].pruned_gmacs} (counted {gmacs[p]['FULL']:.2f} / "
-        f"{gmacs[p]['PRUNED']:.2f})" for p in presets))
+        print(
+            f"| {r['variant']} | {r['frame']} | {kept} | {r['gmacs']:.2f} | {r['median_ms']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['gmac_ratio']:.2f} | {r['speedup_over_ratio_pct']:.0f}% |"
+        )
+    print(
+        f"\nPyramid (subtracted from every step sample): median {pyramid_ms:.1f} ms. "
+        f"'VID avg' mixes FULL/PRUNED medians with a FULL fraction of {FULL_FRACTION}."
+    )
+    print(
+        "Paper GMACs (full / pruned): "
+        + ", ".join(
+            f"{p}: {PAPER[p].full_gmacs} / {PAPER[p].pruned_gmacs} (counted {gmacs[p]['FULL']:.2f} / "
+            f"{gmacs[p]['PRUNED']:.2f})"
+            for p in presets
+        )
+    )
     print("\nRGTP overhead on a PRUNED frame (medians, ms):\n")
-    print("| variant | warp | select | attn rows (fuse+pool, global blocks) | rollout + upsample | total "
-          "| % of PRUNED |")
+    print(
+        "| variant | warp | select | attn rows (fuse+pool, global blocks) | rollout + upsample | total | % of PRUNED |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, o in overhead.items():
-        print(f"| {name} | {o['warp_ms']:.2f} | {o['select_ms']:.2f} | {o['rows_ms']:.2f} | {o['rollout_ms']:.2f} | "
-              f"{o['total_ms']:.2f} | {o['pct_of_pruned_frame']:.2f}% |")
+        print(
+            f"| {name} | {o['warp_ms']:.2f} | {o['select_ms']:.2f} | {o['rows_ms']:.2f} | {o['rollout_ms']:.2f} | "
+            f"{o['total_ms']:.2f} | {o['pct_of_pruned_frame']:.2f}% |"
+        )
     print("\nTargets:")
     for t in tgts:
         print(f"- [{'MET' if t['met'] else 'NOT MET'}] {t['target']}: {t['value']}")
@@ -320,20 +368,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tgts = targets(rows, overhead, args.presets)
     pyramid_ms = summarize(samples["pyramid"]).median_ms
     print_report(rows, overhead, pyramid_ms, tgts, gmacs, args.presets)
-    print(f"\nProcess CPU time / wall time while timing: {busy:.2f} (threads: {torch.get_num_threads()}); "
-          "well below the thread count on CPU means other load competed for the cores.")
+    print(
+        f"\nProcess CPU time / wall time while timing: {busy:.2f} (threads: {torch.get_num_threads()}); "
+        "well below the thread count on CPU means other load competed for the cores."
+    )
     return {
         "benchmark": "latency_vitdet",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"size": args.size, "batch": 1, "presets": args.presets, "device": args.device,
-                     "dtype": args.dtype, "warmup": args.warmup, "iters": args.iters,
-                     "threads": torch.get_num_threads(), "seed": args.seed, "interleaved": True,
-                     "cpu_time_over_wall": busy},
+        "settings": {
+            "size": args.size,
+            "batch": 1,
+            "presets": args.presets,
+            "device": args.device,
+            "dtype": args.dtype,
+            "warmup": args.warmup,
+            "iters": args.iters,
+            "threads": torch.get_num_threads(),
+            "seed": args.seed,
+            "interleaved": True,
+            "cpu_time_over_wall": busy,
+        },
         "environment": environment(device),
         "method": METHOD,
         "gmacs": gmacs,
-        "paper": {p: {"full_gmacs": PAPER[p].full_gmacs, "pruned_gmacs": PAPER[p].pruned_gmacs,
-                      "avg_gmacs": PAPER[p].avg_gmacs} for p in [BASE[args.size], *args.presets]},
+        "paper": {
+            p: {
+                "full_gmacs": PAPER[p].full_gmacs,
+                "pruned_gmacs": PAPER[p].pruned_gmacs,
+                "avg_gmacs": PAPER[p].avg_gmacs,
+            }
+            for p in [BASE[args.size], *args.presets]
+        },
         "kept": kept,
         "timings_ms": {k: {**summarize(v).as_dict(), "samples": v} for k, v in samples.items()},
         "table": rows,

@@ -116,9 +116,15 @@ def child_dense(size: int, seed: int) -> dict[str, Any]:
         y = model.net(x)
     after_max = _maxrss_kb()
     params = sum(p.numel() * p.element_size() for p in model.net.parameters())
-    return {"size": size, "threads": torch.get_num_threads(), "maxrss_before_kb": before_max,
-            "rss_before_kb": before_cur, "maxrss_after_kb": after_max, "backbone_param_bytes": params,
-            "output_bytes": y.numel() * y.element_size()}
+    return {
+        "size": size,
+        "threads": torch.get_num_threads(),
+        "maxrss_before_kb": before_max,
+        "rss_before_kb": before_cur,
+        "maxrss_after_kb": after_max,
+        "backbone_param_bytes": params,
+        "output_bytes": y.numel() * y.element_size(),
+    }
 
 
 def run_child(size: int, threads: int | None, seed: int) -> dict[str, Any]:
@@ -172,22 +178,31 @@ def print_state_table(states: dict[int, dict[str, Any]]) -> None:
         cells += [f"**{states[s][k]['total_bytes'] / MB:.1f}**" for k in ("FULL", "PRUNED")]
         cells.append(f"≈{SPEC_MB[s]['total']:.0f}")
     print("| **total** | " + " | ".join(cells) + " |")
-    print("\nPresets: " + ", ".join(f"{s}: {states[s]['preset']} (N={states[s]['num_tokens']}, "
-                                    f"PRUNED keeps {states[s]['PRUNED']['kept']})" for s in sizes))
+    print(
+        "\nPresets: "
+        + ", ".join(
+            f"{s}: {states[s]['preset']} (N={states[s]['num_tokens']}, PRUNED keeps {states[s]['PRUNED']['kept']})"
+            for s in sizes
+        )
+    )
 
 
 def print_dense_table(dense: dict[int, dict[str, Any]], states: dict[int, dict[str, Any]]) -> None:
     print("\nDense backbone forward (fp32, batch 1, no_grad), MB:\n")
-    print("| size | N | maxrss growth over forward | peak - RSS before forward | lower bound (12xNxN attn + qkv + x) "
-          "| implementation estimate (3 x 12xNxN + qkv + x) | weights | RGTP state / maxrss growth |")
+    print(
+        "| size | N | maxrss growth over forward | peak - RSS before forward | lower bound (12xNxN attn + qkv + x) "
+        "| implementation estimate (3 x 12xNxN + qkv + x) | weights | RGTP state / maxrss growth |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for s in sorted(dense):
         d = dense[s]
         state = states[s]["PRUNED"]["total_bytes"] if s in states else float("nan")
-        print(f"| {s} | {d['num_tokens']} | {d['maxrss_growth_bytes'] / MB:.0f} | "
-              f"{d['peak_over_rss_bytes'] / MB:.0f} | "
-              f"{d['lower_bound_bytes'] / MB:.0f} | {d['implementation_estimate_bytes'] / MB:.0f} | "
-              f"{d['backbone_param_bytes'] / MB:.0f} | {state / d['maxrss_growth_bytes']:.2f} |")
+        print(
+            f"| {s} | {d['num_tokens']} | {d['maxrss_growth_bytes'] / MB:.0f} | "
+            f"{d['peak_over_rss_bytes'] / MB:.0f} | "
+            f"{d['lower_bound_bytes'] / MB:.0f} | {d['implementation_estimate_bytes'] / MB:.0f} | "
+            f"{d['backbone_param_bytes'] / MB:.0f} | {state / d['maxrss_growth_bytes']:.2f} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -212,9 +227,15 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "memory_state",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"sizes": args.sizes, "threads": args.threads or torch.get_num_threads(), "seed": args.seed,
-                     "dtype": "fp32", "batch": 1, "state_method": "meta tensors, one FULL then one PRUNED step",
-                     "dense_method": "fresh subprocess; ru_maxrss growth over one model.net forward (no_grad)"},
+        "settings": {
+            "sizes": args.sizes,
+            "threads": args.threads or torch.get_num_threads(),
+            "seed": args.seed,
+            "dtype": "fp32",
+            "batch": 1,
+            "state_method": "meta tensors, one FULL then one PRUNED step",
+            "dense_method": "fresh subprocess; ru_maxrss growth over one model.net forward (no_grad)",
+        },
         "environment": environment("cpu"),
         "units": "bytes (tables print decimal MB)",
         "state": {str(s): v for s, v in states.items()},

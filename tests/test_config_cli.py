@@ -176,7 +176,9 @@ def test_cli_run_tiny_preset_writes_results_and_video(family: str, tmp_path: Pat
     else:  # 10 frames -> segments of 6 and 4 frames (padded to the 8-frame view), 4 steps each
         assert len(steps) == 8 and [r["kept"] for r in steps[:4]] == [16, 10, 8, 10]
         assert len([r for r in records if "clip_summary" in r]) == 2
-        assert len(list(read_frames(tmp_path / "out.mp4"))) == 16
+        # every source frame is drawn once, at its own size (80x48 is drawn 6x larger so the caption is legible)
+        out = list(read_frames(tmp_path / "out.mp4"))
+        assert len(out) == 10 and out[0].shape[1] == 80 * 6
     assert all(r["weights"] == "random" for r in steps)
 
 
@@ -187,7 +189,7 @@ def test_cli_run_with_weights_draws_labelled_boxes(tmp_path: Path, monkeypatch: 
 
     import torch
 
-    from rgtp import viz
+    from rgtp import annotate
     from rgtp.data.synthetic import moving_shapes_video, write_video
     from rgtp.data.vid import VID_CLASSES
     from rgtp.models.vitdet import ViTDet
@@ -202,13 +204,13 @@ def test_cli_run_with_weights_draws_labelled_boxes(tmp_path: Path, monkeypatch: 
     write_video(tmp_path / "in.mp4", frames)
     save_config(Preset("tiny_vitdet", cfg, vitdet_rgtp(reset_every=4)), tmp_path / "tiny.yaml")
     drawn: list[list[str]] = []
-    real = viz.draw_boxes
+    real = annotate.draw_boxes
 
     def spy(frame, boxes, names, *a, **k):  # type: ignore[no-untyped-def]
         drawn.append(names)
         return real(frame, boxes, names, *a, **k)
 
-    monkeypatch.setattr(viz, "draw_boxes", spy)
+    monkeypatch.setattr(annotate, "draw_boxes", spy)
     args = [
         "run",
         str(tmp_path / "in.mp4"),

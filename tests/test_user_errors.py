@@ -70,10 +70,34 @@ def test_run_uses_the_shipped_weights_by_default(tmp_path: Path) -> None:
     video = _video(tmp_path / "v.mp4", 3, (160, 256))
     jsonl = tmp_path / "out.jsonl"
     assert main(["run", str(video), "--preset", "shapes_det_rgtp", "--jsonl", str(jsonl)]) == 0
-    lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    lines = _frame_records(jsonl)
     assert len(lines) == 3 and {x["weights"] for x in lines} == {str(bundled_weights("shapes_det_rgtp"))}
     assert main(["run", str(video), "--preset", "shapes_det_rgtp", "--jsonl", str(jsonl), "--weights", "random"]) == 0
-    assert {json.loads(x)["weights"] for x in jsonl.read_text().splitlines()} == {"random"}
+    assert {x["weights"] for x in _frame_records(jsonl)} == {"random"}
+
+
+def test_run_defaults_to_the_detector_trained_on_real_footage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A first `rgtp run my_video.mp4` runs a trained model and says what it was trained on and what it detects."""
+    from rgtp.build import bundled_weights
+
+    video = _video(tmp_path / "v.mp4", 2, (120, 160))
+    jsonl = tmp_path / "out.jsonl"
+    assert main(["run", str(video), "--jsonl", str(jsonl)]) == 0
+    weights = bundled_weights("pedestrians_det_rgtp")
+    assert weights is not None and weights.stat().st_size < 8e6  # fp16, a few MB
+    assert {x["weights"] for x in _frame_records(jsonl)} == {str(weights)}
+    summary = json.loads(jsonl.read_text().splitlines()[-1])["run_summary"]
+    assert summary["preset"] == "pedestrians_det_rgtp" and "vtest.avi" in summary["model"]
+    out = capsys.readouterr().out
+    assert "trained on real footage" in out and "person" in out and "RANDOM" not in out
+
+
+def _frame_records(jsonl: Path) -> list[dict]:
+    """The per-frame records of a run's JSON lines (every line must parse; the last one is the run's summary)."""
+    lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    return [x for x in lines if "frame" in x]
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -93,7 +117,9 @@ def test_a_signal_stops_run_after_a_frame_with_valid_outputs(tmp_path: Path, sig
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == status, stderr[-2000:]
-    records = [json.loads(line) for line in jsonl.read_text().splitlines()]  # every line is whole
+    records = _frame_records(jsonl)  # every line is whole
+    summary = json.loads(jsonl.read_text().splitlines()[-1])["run_summary"]
+    assert summary["interrupted_by"] == signal.Signals(signum).name and summary["frames"] == len(records)
     assert 3 <= len(records) < 400
     assert len(list(read_frames(out))) == len(records)  # the annotated video plays, one frame per record
     assert f"STOPPED by {signal.Signals(signum).name} after {len(records)} frames" in stdout
@@ -127,7 +153,7 @@ def test_a_damaged_video_warns_and_strict_fails(
     jsonl = tmp_path / "out.jsonl"
     with caplog.at_level("WARNING"):
         assert main(["run", str(cut), "--preset", "shapes_det_rgtp", "--jsonl", str(jsonl)]) == 0
-    decoded = len(jsonl.read_text().splitlines())
+    decoded = len(_frame_records(jsonl))
     assert 0 < decoded < 30 and f"ends at frame {decoded} of the 30" in caplog.text
     err = _error(capsys, ["run", str(cut), "--preset", "shapes_det_rgtp", "--jsonl", str(jsonl), "--strict"])
     assert f"ends at frame {decoded} of the 30" in err

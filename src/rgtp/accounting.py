@@ -46,10 +46,11 @@ class Accounting:
     paper: dict[str, Any] = field(default_factory=dict)
     method: str = "dense"
     note: str = ""  # how a data-dependent count was counted
-    frame_gmacs: dict[str, float] = field(default_factory=dict)  # ViTDet: GMACs (paper scopes) per step kind
+    # GMACs (paper scopes) per step kind: a ViTDet frame; a ViViT tubelet step of one view (spatial encoder only)
+    frame_gmacs: dict[str, float] = field(default_factory=dict)
 
     def step_gmacs(self, kind: FrameKind | str) -> float:
-        """GMACs (paper scopes) of a ViTDet frame of this kind (every kind the preset's schedule makes is counted)."""
+        """GMACs (paper scopes) of a step of this kind (every kind the preset's schedule makes is counted)."""
         return self.frame_gmacs[FrameKind(kind).value]
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,8 +118,11 @@ def _count_clip(preset: Preset, model: ViViT, runner: Any, acc: Accounting) -> N
     views = preset.views[0] * preset.views[1]
     clip = torch.empty(views, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device="meta")
     with MacCounter() as counter:
-        steps = run_clip(runner, clip).steps
-    for step in steps:
+        out = run_clip(runner, clip, count=True)
+    assert out.step_macs is not None
+    for step, macs in zip(out.steps, out.step_macs, strict=True):
         acc.kept.setdefault(step.kind.value, step.num_kept)
+        per_view = sum(v for k, v in macs.items() if k in ("backbone", "rgtp")) / views / 1e9
+        acc.frame_gmacs.setdefault(step.kind.value, per_view)  # GMACs of one step of one view, by kind
     acc.clip_tmacs = counter.macs() / 1e12
     acc.breakdown_gmacs = {"clip": {k: v / 1e9 for k, v in sorted(counter.by_scope().items())}}

@@ -54,7 +54,8 @@ def _add_preset_args(
     if positional:
         p.add_argument("preset", nargs="?", help="preset name (see `rgtp presets`)")
     else:
-        p.add_argument("--preset", default=default, help="preset name (see `rgtp presets`)")
+        default_help = f"; default {default}" if default else ""
+        p.add_argument("--preset", default=default, help=f"preset name (see `rgtp presets`{default_help})")
     p.add_argument("--config", help="a preset saved as YAML/JSON (instead of a preset name)")
     p.add_argument(
         "--set",
@@ -134,6 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.device,
         args.segment_frames,
         strict=args.strict,
+        compare=args.compare is not None,
+        out_scale=args.out_scale,
     )
     _report(summary)
     return exit_status(summary.interrupted) if summary.interrupted else 0
@@ -534,21 +537,21 @@ def _report(summary: object) -> None:
 
     assert isinstance(summary, RunSummary)
     print(summary.table())
-    unit = "GMACs per frame" if not summary.clips else "GMACs per step and view"
+    unit = "GMACs per frame" if summary.unit == "frame" else "GMACs per step and view"
     saving = 100 * (1 - summary.mean_gmacs / summary.dense_gmacs) if summary.dense_gmacs else 0.0
     print(
-        f"\n{summary.frames} frames of {summary.video} with {summary.preset}: mean {summary.mean_gmacs:.2f} {unit}"
-        f" vs dense {summary.dense_gmacs:.2f} ({saving:.0f}% fewer MACs)"
+        f"\n{summary.frames} {summary.unit}s of {summary.video} with {summary.preset}: mean {summary.mean_gmacs:.3g} "
+        f"{unit} vs dense {summary.dense_gmacs:.3g} ({saving:.0f}% fewer MACs)"
     )
+    print(f"model: {summary.model}")
     for clip in summary.clips:
-        names = clip.get("top5_names")
-        top = [(names[k] if names else c, p) for k, (c, p) in enumerate(clip["top5"])]
+        top = [(name, p) for name, (_, p) in zip(clip["top5_names"], clip["top5"], strict=True)]
         print(f"clip {clip['clip']}: top-5 (class, prob) {top}")
+    if summary.agreement:
+        print("pruned vs dense: " + ", ".join(f"{k} {v}" for k, v in summary.agreement.items()))
     if summary.interrupted:
         stopped = signal.Signals(summary.interrupted).name
-        print(f"STOPPED by {stopped} after {summary.frames} frames: the outputs hold every finished frame.")
-    if summary.weights == "random":
-        print("NOTE: random weights (no --weights): predictions are meaningless; kept tokens, MACs and times are real.")
+        print(f"STOPPED by {stopped} after {summary.frames} {summary.unit}s: the outputs hold every finished one.")
     for what, path in summary.outputs.items():
         print(f"{what}: {path}")
 
@@ -586,6 +589,18 @@ def build_parser() -> argparse.ArgumentParser:
                 help="fail on a damaged video (fewer frames than its container announces) instead of warning",
             )
             p.add_argument(
+                "--compare",
+                choices=["dense"],
+                help="also run the dense model on the same frames: both side by side in --out, and how far pruning "
+                "changed the answer (detections: mAP50 against the dense ones; classes: top-1 agreement)",
+            )
+            p.add_argument(
+                "--out-scale",
+                type=float,
+                default=1.0,
+                help="size of the annotated video relative to the source (default 1: the source's resolution)",
+            )
+            p.add_argument(
                 "--segment-frames",
                 type=positive_int,
                 default=250,
@@ -597,7 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--height", type=positive_int, help="other ViTDet presets: frame height (default 378)")
             p.add_argument("--width", type=positive_int, help="other ViTDet presets: frame width (default 672)")
             p.add_argument("--seed", type=int, default=0)
-        _add_preset_args(p, positional=False, default="shapes_det_rgtp" if name == "demo" else "vitdet_vid_672_keep512")
+        # the defaults are trained models: the detector trained on real footage for a user's video, the shapes
+        # detector on its own generated test distribution for the demo
+        _add_preset_args(p, positional=False, default="shapes_det_rgtp" if name == "demo" else "pedestrians_det_rgtp")
         p.add_argument(
             "--weights",
             help="model weights (rgtp state dict); default: the ones shipped for the preset if any, else random; "
@@ -704,7 +721,7 @@ def _add_bench_parser(sub: Any) -> None:
     )
     p.add_argument("task", choices=["detection", "action", "pedestrians"])
     p.add_argument("--out-dir", help="results.json, table.md, plot.png, log/ (default benchmarks/results/bench_TASK)")
-    p.add_argument("--weights", help="model weights (default: the shipped ones; pedestrians: --train)")
+    p.add_argument("--weights", help="model weights (default: the ones shipped for the task)")
     p.add_argument("--train", action="store_true", help="train the model first with `rgtp train` (OUT/train)")
     p.add_argument("--methods", help="comma-separated methods (default: all), e.g. RGTP,Eventful,ToMe,random")
     p.add_argument("--video", help="pedestrians: path to vtest.avi (OpenCV sample clip; see README)")

@@ -1,13 +1,16 @@
 """Run a preset over a video file frame by frame: per-frame JSON lines, an optional annotated video, a summary.
 
 This is the engine behind ``rgtp run`` and ``rgtp demo``. Results are written line by line as frames finish, so an
-interrupted run keeps everything up to the last frame.
+interrupted run keeps everything up to the last frame. The annotated video is at the source's resolution (with an
+option to scale it) with a caption panel under each frame (:mod:`rgtp.annotate`); ``compare`` also runs the dense
+model on the same frames, draws it beside the pruned one and reports how far pruning changed the answer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
@@ -19,18 +22,16 @@ import torch
 from torch import Tensor
 
 from rgtp.accounting import Accounting, count_preset
+from rgtp.annotate import ViewGeometry, render_grid_frame, render_vivit_frames, rescale, side_by_side
 from rgtp.build import build_model, build_runner, load_weights, shipped
 from rgtp.config import Preset, ViTDetConfig, ViViTConfig
-from rgtp.data.views import MEAN as VIVIT_MEAN
-from rgtp.data.views import STD as VIVIT_STD
 from rgtp.data.views import make_views
 from rgtp.interrupt import StopRequest, graceful_stop
 from rgtp.io.video import VideoWriter, read_frames, video_info
-from rgtp.models.vitdet import PIXEL_MEAN, PIXEL_STD, preprocess_frame
+from rgtp.models.vitdet import preprocess_frame
 from rgtp.models.vivit import ViViT, predict_views
 from rgtp.progress import progress_bar
 from rgtp.runtime.driver import run_clip, stream
-from rgtp.timing import stopwatch
 
 __all__ = ["RANDOM", "RunSummary", "run_video"]
 
@@ -51,11 +52,29 @@ class RunSummary:
     clips: list[dict[str, Any]] = field(default_factory=list)  # ViViT: per-clip predictions
     outputs: dict[str, str] = field(default_factory=dict)
     interrupted: int | None = None  # the signal that stopped the run early (SIGINT, SIGTERM), if any
+    unit: str = "frame"  # what a step is: a frame (ViTDet) or a tubelet step of every view (ViViT)
+    model: str = ""  # what the weights were trained on and what the model outputs
+    agreement: dict[str, Any] = field(default_factory=dict)  # with compare: pruned vs dense
+
+    def record(self) -> dict[str, Any]:
+        """The run's totals as the last JSON line: steps by kind, mean and dense compute, agreement, interruption."""
+        unit = "frame" if self.unit == "frame" else "step_and_view"
+        return {
+            "preset": self.preset,
+            "weights": self.weights,
+            "model": self.model,
+            f"{self.unit}s": self.frames,
+            "by_kind": self.by_kind,
+            f"mean_gmacs_per_{unit}": round(self.mean_gmacs, 6),
+            f"dense_gmacs_per_{unit}": round(self.dense_gmacs, 6),
+            "agreement_with_dense": self.agreement or None,
+            "interrupted_by": signal.Signals(self.interrupted).name if self.interrupted else None,
+        }
 
     def table(self) -> str:
         """A small Markdown table of the run."""
-        unit = "GMACs/frame" if not self.clips else "GMACs/step·view"
-        rows = [f"| step kind | count | {unit} | ms (mean) |", "|---|---|---|---|"]
+        unit, ms = ("GMACs/frame", "ms/frame") if self.unit == "frame" else ("GMACs/step·view", "ms/step (all views)")
+        rows = [f"| step kind | count | {unit} | {ms} (mean) |", "|---|---|---|---|"]
         for kind, v in self.by_kind.items():
             rows.append(f"| {kind} | {int(v['count'])} | {v['gmacs']:.2f} | {v['ms_mean']:.1f} |")
         return "\n".join(rows)
@@ -75,6 +94,8 @@ def run_video(
     device: str = "cpu",
     segment_frames: int = 250,
     strict: bool = False,
+    compare: bool = False,
+    out_scale: float = 1.0,
 ) -> RunSummary:
     """Run ``preset`` over ``video``; write JSON lines to ``jsonl`` and an annotated video to ``out_video``.
 
@@ -83,16 +104,27 @@ def run_video(
     ``segment_frames`` frames (250: a 10 s Kinetics clip at 25 fps), each with the preset's spatial x temporal views
     (spec §12.2). SIGINT / SIGTERM stop the run after the current frame with every output closed and valid
     (``summary.interrupted`` says which signal). A video that ends before the frame count its container announces
-    (damaged) is processed up to the damage with a warning, or with ``strict`` fails there.
+    (damaged) is processed up to the damage with a warning, or with ``strict`` fails there. ``compare``: run the
+    dense model too, draw both side by side and report their agreement (``summary.agreement``). ``out_scale``: the
+    annotated video's size relative to the source.
     """
     video = Path(video)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
     if segment_frames < 1:
         raise ValueError(f"segment_frames must be at least 1, got {segment_frames}")
+    if not 0.05 <= out_scale <= 8.0:
+        raise ValueError(f"out_scale must lie in [0.05, 8], got {out_scale}")
+    if compare and preset.method == "dense":
+        raise ValueError(f"--compare dense: {preset.name} already runs the dense model")
+    if compare and isinstance(preset.model, ViTDetConfig):
+        from rgtp.metrics import check_backend
+
+        check_backend()  # the agreement is an mAP: fail now, not after the video, if no backend is installed
     info = video_info(video)  # fails early, naming the file, if it is missing or not a video
     model, weights_name = _load_model(preset, weights, device)
-    summary = RunSummary(preset.name, str(video), weights_name)
+    summary = RunSummary(preset.name, str(video), weights_name, model=_model_line(preset, weights_name))
+    options = Options(compare, out_scale, segment_frames)
     accounting = count_preset(preset)
     total = info.num_frames if max_frames is None else min(max_frames, info.num_frames or max_frames)
     with ExitStack() as stack:
@@ -100,21 +132,44 @@ def run_video(
         writer = stack.enter_context(VideoWriter(out_video, fps=info.fps or 10.0)) if out_video else None
         frames = read_frames(video, max_frames, strict)
         if isinstance(preset.model, ViTDetConfig):
-            records = _run_vitdet(preset, model, frames, accounting, writer, summary.weights)
+            records = _run_vitdet(preset, model, frames, accounting, writer, summary, options)
         else:
-            records = _run_vivit(preset, model, frames, accounting, writer, summary, segment_frames)
+            summary.unit = "step"
+            records = _run_vivit(preset, model, frames, accounting, writer, summary, options)
         bar = stack.enter_context(closing(progress_bar(total, preset.name)))
         stop = stack.enter_context(graceful_stop())  # a signal ends the run after the current frame, outputs closed
         _consume(records, summary, sink, bar, stop)
+        summary.dense_gmacs = _dense_gmacs(preset)
+        _finish_agreement(summary)
+        if sink is not None and summary.frames:
+            sink.write(json.dumps({"run_summary": summary.record()}) + "\n")
     if summary.frames == 0 and not summary.clips and summary.interrupted is None:
         _remove(jsonl, out_video)  # nothing to keep: no empty outputs left behind
         raise ValueError(f"{video}: no frame could be decoded (an empty or unreadable video stream)")
-    summary.dense_gmacs = _dense_gmacs(preset)
     if jsonl:
         summary.outputs["jsonl"] = str(jsonl)
     if out_video:
         summary.outputs["video"] = str(out_video)
     return summary
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run and draw: ``compare`` with the dense model, ``out_scale`` of the annotated video, ViViT segments."""
+
+    compare: bool = False
+    out_scale: float = 1.0
+    segment_frames: int = 250
+
+
+def _model_line(preset: Preset, weights: str) -> str:
+    """What the model is, in one line for the output: its weights' training data and what it detects or classifies."""
+    entry = shipped(preset.name)
+    if weights == RANDOM:
+        return f"{preset.name} with RANDOM weights: its outputs mean nothing (kept tokens, MACs and times are real)"
+    if entry is not None and Path(weights) == entry.path:
+        return f"{preset.name}, trained on {entry.trained_on}; outputs: {entry.outputs}"
+    return f"{preset.name} with the weights {Path(weights).name}"
 
 
 def _load_model(preset: Preset, weights: str | Path | None, device: str) -> tuple[torch.nn.Module, str]:
@@ -144,11 +199,18 @@ def _consume(records: Iterator[dict[str, Any]], summary: RunSummary, sink: Any, 
         if sink is not None:
             sink.write(json.dumps(record) + "\n")
             sink.flush()
-        bar.update(1)
-        if stop.signum is not None:
+        bar.update(_source_frames(record))
+        if stop.signum is not None and "step" not in record:  # a ViViT clip stops whole, after its summary
             logger.warning("%s: stopping after %d frames; closing the outputs", stop.name, summary.frames)
             summary.interrupted = stop.signum
             return
+
+
+def _source_frames(record: dict[str, Any]) -> int:
+    """How many source frames a record finishes: a ViTDet frame one, a ViViT clip its segment, a ViViT step none."""
+    if "clip_summary" in record:
+        return int(record["clip_summary"]["source_frames"])
+    return 0 if "step" in record else 1
 
 
 def _remove(*paths: str | Path | None) -> None:
@@ -171,11 +233,13 @@ def _add(summary: RunSummary, record: dict[str, Any]) -> None:
     if "clip_summary" in record:
         summary.clips.append(record["clip_summary"])
         return
-    kind = summary.by_kind.setdefault(record["kind"], {"count": 0, "gmacs": record["gmacs"], "ms_mean": 0.0})
-    kind["ms_mean"] = (kind["ms_mean"] * kind["count"] + record["ms"]) / (kind["count"] + 1)
+    gmacs = record["gmacs"] if "gmacs" in record else record["gmacs_per_view"]
+    ms = record["ms"] if "ms" in record else record["ms_all_views"]
+    kind = summary.by_kind.setdefault(record["kind"], {"count": 0, "gmacs": gmacs, "ms_mean": 0.0})
+    kind["ms_mean"] = (kind["ms_mean"] * kind["count"] + ms) / (kind["count"] + 1)
     kind["count"] += 1
     summary.frames += 1
-    summary.mean_gmacs += (record["gmacs"] - summary.mean_gmacs) / summary.frames
+    summary.mean_gmacs += (gmacs - summary.mean_gmacs) / summary.frames
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -188,13 +252,16 @@ def _run_vitdet(
     frames: Iterable[np.ndarray],
     accounting: Accounting,
     writer: VideoWriter | None,
-    weights: str,
+    summary: RunSummary,
+    options: Options,
 ) -> Iterator[dict[str, Any]]:
     cfg = preset.model
     assert isinstance(cfg, ViTDetConfig)
     runtime = build_runner(preset, model)
+    dense = _Dense(build_runner(_dense(preset), model)) if options.compare else None
     device = next(model.parameters()).device
-    inputs: list[tuple[np.ndarray, Tensor, float]] = []  # the frame being stepped: raw, input, scale
+    names = class_names(cfg)
+    inputs: list[tuple[np.ndarray, Tensor, float]] = []  # the frame being stepped: source, model input, scale
 
     def images() -> Iterator[Tensor]:
         for frame in frames:
@@ -203,65 +270,175 @@ def _run_vitdet(
             yield image[None]
 
     for tick in stream(runtime, images(), timed=True):
-        result, (frame, image, scale) = tick.output, inputs[0]
-        gmacs = accounting.step_gmacs(result.kind)
-        record: dict[str, Any] = {
+        out, (frame, image, scale) = tick.output, inputs[0]
+        k = legible_factor(frame.shape[:2])
+        frame, scale = enlarge(frame, k), scale / k  # drawn k times larger: the model input is frame * scale
+        gmacs, ms = accounting.step_gmacs(out.kind), (tick.seconds or 0.0) * 1e3
+        found = None if out.detections is None else _source_detections(out.detections[0], scale, frame.shape[:2])
+        record: dict[str, Any] = {  # boxes in source pixels (the drawing's divided by k)
             "frame": tick.index,
-            "kind": result.kind.value,
-            "kept": result.num_kept,
+            "kind": out.kind.value,
+            "kept": out.num_kept,
             "tokens": cfg.num_tokens,
             "gmacs": round(gmacs, 4),
-            "ms": round((tick.seconds or 0.0) * 1e3, 2),
-            "weights": weights,
+            "ms": round(ms, 2),
+            "weights": summary.weights,
             "outputs": {
-                "features": {k: list(v.shape[1:]) for k, v in result.features.items()},
-                "detections": None if result.detections is None else _detections_json(result.detections[0], scale),
+                "features": {k: list(v.shape[1:]) for k, v in out.features.items()},
+                "detections": None if found is None else _detections_json(found, names, k),
             },
         }
+        lines = [_frame_line(tick.index, out.kind.value, out.num_kept, cfg.num_tokens, gmacs, ms), summary.model]
+        reserve = _reserve(frame, [_frame_line(10**6, "rollout", cfg.num_tokens, cfg.num_tokens, 888.8, 88888.0),
+                                   summary.model])  # fmt: skip
+        picture = None
         if writer is not None:
-            writer.write(_annotate_vitdet(image, scale, frame.shape[:2], result, cfg, gmacs, weights))
+            picture = render_grid_frame(frame, scale, cfg.patch_size, cfg.grid, out, names, lines, found, reserve)
+        if dense is not None:
+            record["dense"], dense_picture = dense.frame(image, frame, scale, cfg, names, found, writer is not None, k)
+            picture = side_by_side(picture, dense_picture) if picture is not None else None
+            summary.agreement.setdefault("frames", []).append(dense.last)
+        if writer is not None and picture is not None:
+            writer.write(rescale(picture, options.out_scale))
         yield record
 
 
-def _detections_json(det: Any, scale: float) -> list[dict[str, Any]]:
+#: Annotated frames narrower than this are drawn larger (an integer factor, nearest-neighbour), so that text fits,
+LEGIBLE_WIDTH = 480
+#: but never with a side longer than this (video encoders and players handle up to 4096 px; 8K is rare).
+MAX_DRAWN_SIDE = 4096
+
+
+def legible_factor(hw: tuple[int, int]) -> int:
+    """The integer factor that makes an (H, W) frame at least :data:`LEGIBLE_WIDTH` wide (1 if it is), without making
+    its longer side exceed :data:`MAX_DRAWN_SIDE`."""
+    h, w = hw
+    wanted = -(-LEGIBLE_WIDTH // max(w, 1))
+    allowed = MAX_DRAWN_SIDE // max(h, w, 1)
+    return max(1, min(wanted, allowed))
+
+
+def enlarge(frame: np.ndarray, k: int) -> np.ndarray:
+    """(H, W, 3) -> (kH, kW, 3), nearest neighbour (the source's pixels stay visible)."""
+    return frame if k == 1 else frame.repeat(k, axis=0).repeat(k, axis=1)
+
+
+def _frame_line(t: int, kind: str, kept: int, tokens: int, gmacs: float, ms: float) -> str:
+    return f"frame {t}  {kind.upper()}  kept {kept}/{tokens} tokens  {gmacs:.3g} GMACs  {ms:.0f} ms"
+
+
+def _reserve(frame: np.ndarray, worst: list[str]) -> int:
+    """Caption lines to reserve on frames like ``frame`` so that the longest caption (``worst``) fits: one panel
+    height for every frame of the video."""
+    from rgtp.viz import text_size_for, wrapped_lines
+
+    return wrapped_lines(frame.shape[1], worst, font_size=text_size_for(*frame.shape[:2]))
+
+
+def _dense(preset: Preset) -> Preset:
+    """The preset's model without its method."""
+    return replace(preset, rgtp=None, eventful=None, tome=None)
+
+
+class _Dense:
+    """The dense model beside the pruned one, frame by frame: its detections, its picture, the pair to score."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner, self.state = runner, runner.new_state()
+        self.last: tuple[Any, Any] = (None, None)
+
+    def frame(
+        self,
+        image: Tensor,
+        frame: np.ndarray,
+        scale: float,
+        cfg: ViTDetConfig,
+        names: tuple[str, ...] | None,
+        pruned: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        draw: bool,
+        k: int = 1,
+    ) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The dense step of a frame: (its record, its picture or None); ``frame`` is the source enlarged ``k`` times
+        and ``scale`` takes it to the model input."""
+        tick = next(stream(self.runner, [image[None]], self.state, timed=True))
+        found = (
+            None
+            if tick.output.detections is None
+            else _source_detections(tick.output.detections[0], scale, frame.shape[:2])
+        )
+        self.last = (found, pruned)
+        ms = (tick.seconds or 0.0) * 1e3
+        record = {"ms": round(ms, 2), "detections": None if found is None else _detections_json(found, names, k)}
+        picture = None
+        if draw:
+            lines = [f"DENSE  all {cfg.num_tokens} tokens  {ms:.0f} ms", "the same model without pruning"]
+            reserve = _reserve(frame, [f"DENSE  all {cfg.num_tokens} tokens  88888 ms", lines[1]])
+            picture = render_grid_frame(
+                frame, scale, cfg.patch_size, cfg.grid, None, names, lines, found, reserve, legend=False
+            )
+        return record, picture
+
+
+def _source_detections(det: Any, scale: float, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes (K, 4) in source pixels, scores (K,), labels (K,)) of detections in model-input pixels, clipped to the
+    (H, W) source frame (the model's input is padded to a square: boxes reach into the padding); boxes that lie
+    wholly in the padding are dropped."""
+    h, w = hw
+    boxes = (det.boxes.float() / scale).cpu().numpy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[inside], det.scores.float().cpu().numpy()[inside], det.labels.cpu().numpy()[inside]
+
+
+def _detections_json(
+    found: tuple[np.ndarray, np.ndarray, np.ndarray], names: tuple[str, ...] | None, k: int = 1
+) -> list[dict[str, Any]]:
+    """Detections as JSON, boxes in source pixels (``found`` is in pixels of the source enlarged ``k`` times)."""
+    boxes, scores, labels = found
     return [
-        {"box": [round(float(v) / scale, 1) for v in box], "score": round(float(s), 4), "label": int(c)}
-        for box, s, c in zip(det.boxes, det.scores, det.labels, strict=True)
+        {
+            "box": [round(float(v) / k, 1) for v in box],
+            "score": round(float(s), 4),
+            "label": int(c),
+            "class": names[int(c)] if names else f"class {int(c)}",
+        }
+        for box, s, c in zip(boxes, scores, labels, strict=True)
     ]
 
 
-def _annotate_vitdet(
-    image: Tensor, scale: float, hw: tuple[int, int], result: Any, cfg: ViTDetConfig, gmacs: float, weights: str
-) -> np.ndarray:
-    from rgtp.viz import add_caption, overlay_tokens
-
-    gh, gw = cfg.grid
-    h, w = round(hw[0] * scale), round(hw[1] * scale)
-    mean = torch.tensor(PIXEL_MEAN, device=image.device).view(3, 1, 1)
-    std = torch.tensor(PIXEL_STD, device=image.device).view(3, 1, 1)
-    pixels = (image * std + mean)[:, :h, :w].clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    kept = _kept_grid(result.keep_idx, gh, gw)
-    heat = result.scores if result.scores is not None else result.importance
-    heat_np = None if heat is None else heat[0].float().view(gh, gw).cpu().numpy()
-    frame = overlay_tokens(pixels, kept, heat_np, cfg.patch_size)
-    if result.detections is not None and len(result.detections[0].boxes):
-        frame = _draw_detections(frame, result.detections[0], cfg)
-    caption = f"t={result.t} {result.kind.value.upper()} kept {result.num_kept}/{cfg.num_tokens}  {gmacs:.3g} GMACs"
-    if weights == "random":
-        caption += "  [random weights]"
-    return add_caption(frame, caption)
+#: With compare, dense detections scoring at least this are the reference the pruned ones are scored against.
+AGREEMENT_SCORE = 0.5
 
 
-def _draw_detections(frame: np.ndarray, det: Any, cfg: ViTDetConfig, min_score: float = 0.3) -> np.ndarray:
-    """Boxes (input-pixel coordinates, as the frame) with class names and scores; weak detections are left out."""
-    from rgtp.viz import draw_boxes
+def _finish_agreement(summary: RunSummary) -> None:
+    """Score the pruned detections against the dense ones (mAP50), or average the clips' agreements (ViViT)."""
+    pairs = summary.agreement.pop("frames", None)
+    if pairs:
+        from rgtp.metrics import coco_map
 
-    keep = det.scores >= min_score
-    labels = det.labels[keep].cpu().tolist()
-    known = class_names(cfg)
-    names = [known[c] if known else f"class {c}" for c in labels]
-    boxes = det.boxes[keep].float().cpu().numpy()
-    return draw_boxes(frame, boxes, names, det.scores[keep].float().cpu().numpy())
+        truth, predictions, classes = [], [], 1
+        for dense, pruned in pairs:
+            if dense is None or pruned is None:
+                continue
+            keep = dense[1] >= AGREEMENT_SCORE
+            truth.append((dense[0][keep], dense[2][keep]))
+            predictions.append(pruned)
+            classes = max(classes, int(max(dense[2].max(initial=0), pruned[2].max(initial=0))) + 1)
+        if truth:
+            metrics = coco_map(truth, predictions, [str(k) for k in range(classes)])
+            summary.agreement = {
+                "map50_vs_dense": round(100 * metrics.map50, 2),
+                "reference": f"the dense model's detections scoring >= {AGREEMENT_SCORE}",
+                "frames": len(truth),
+            }
+    elif summary.clips and "top1_agree" in summary.clips[0].get("agreement", {}):
+        agree = [c["agreement"] for c in summary.clips]
+        summary.agreement = {
+            "top1_agreement": round(100 * sum(a["top1_agree"] for a in agree) / len(agree), 1),
+            "mean_total_variation": round(sum(a["total_variation"] for a in agree) / len(agree), 4),
+            "clips": len(agree),
+        }
 
 
 def class_names(cfg: ViTDetConfig | ViViTConfig) -> tuple[str, ...] | None:
@@ -278,14 +455,6 @@ def class_names(cfg: ViTDetConfig | ViViTConfig) -> tuple[str, ...] | None:
         count = cfg.num_classes
         names = {len(KINETICS400_CLASSES): tuple(KINETICS400_CLASSES), len(MOTION_CLASSES): MOTION_CLASSES}
     return names.get(count)
-
-
-def _kept_grid(keep_idx: Tensor | None, gh: int, gw: int) -> np.ndarray:
-    kept = np.ones(gh * gw, dtype=bool)
-    if keep_idx is not None:
-        kept[:] = False
-        kept[keep_idx[0].cpu().numpy()] = True
-    return kept.reshape(gh, gw)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -311,67 +480,91 @@ def _run_vivit(
     accounting: Accounting,
     writer: VideoWriter | None,
     summary: RunSummary,
-    segment_frames: int,
+    options: Options,
 ) -> Iterator[dict[str, Any]]:
     assert isinstance(model, ViViT)
     cfg = model.cfg
     runtime = build_runner(preset, model)
+    dense = build_runner(_dense(preset), model) if options.compare else None
     device = next(model.parameters()).device
     views = preset.views[0] * preset.views[1]
     names = class_names(cfg)
-    step_gmacs = (accounting.clip_tmacs or 0.0) * 1e3 / (views * cfg.num_steps)  # mean per step and view
-    for c, raw in enumerate(_segments(frames, segment_frames)):
+    start = 0
+    for c, raw in enumerate(_segments(frames, options.segment_frames)):
         clip = make_views(np.stack(raw), cfg.num_frames, preset.temporal_stride, cfg.img_size, preset.views).to(device)
-        with stopwatch(device) as elapsed:
-            result = run_clip(runtime, clip)
-        logits, steps = result.logits, result.steps
-        ms = elapsed[0] * 1e3
-        per_step_ms = ms / (cfg.num_steps * views)
-        kinds = [s.kind.value for s in steps]
-        kept = [s.num_kept for s in steps]
-        for t in range(cfg.num_steps):
+        result = run_clip(runtime, clip, timed=True)
+        geometry = ViewGeometry.centre(
+            raw[0].shape[:2], len(raw), cfg.num_frames, preset.temporal_stride, cfg.img_size, cfg.tubelet[1],
+            preset.views,
+        )  # fmt: skip
+        for t, step in enumerate(result.steps):
+            sampled = geometry.frames[t * cfg.tubelet[0] : (t + 1) * cfg.tubelet[0]]
             yield {
                 "clip": c,
                 "step": t,
-                "frame": c * len(raw) + t * cfg.tubelet[0] * preset.temporal_stride,
-                "kind": kinds[t],
-                "kept": kept[t],
+                "frames": [start + f for f in sampled],  # the source frames of this step in the view drawn
+                "kind": step.kind.value,
+                "kept": step.num_kept,
                 "tokens": cfg.num_tokens,
-                "gmacs": round(step_gmacs, 4),
-                "ms": round(per_step_ms, 2),
+                "gmacs_per_view": round(accounting.step_gmacs(step.kind), 6),
+                "ms_all_views": round(1e3 * (result.step_seconds or [0.0] * len(result.steps))[t], 3),
                 "weights": summary.weights,
             }
-        probs = predict_views(logits, views)[0]
-        top = probs.topk(min(5, probs.numel()))
-        yield {
-            "clip_summary": {
-                "clip": c,
-                "top5": [[int(i), round(float(p), 4)] for p, i in zip(*top, strict=True)],
-                "top5_names": [names[int(i)] for i in top.indices] if names else None,
-                "tmacs_per_clip_all_views": accounting.clip_tmacs,
-                "ms_one_view": round(ms, 1),
+        probs = predict_views(model.split(result.logits)[0], views)[0]
+        clip_record = _clip_summary(c, len(raw), probs, names, accounting, result)
+        if dense is not None:
+            dense_probs = predict_views(model.split(run_clip(dense, clip).logits)[0], views)[0]
+            clip_record["agreement"] = {
+                "top1_agree": bool(probs.argmax() == dense_probs.argmax()),
+                "total_variation": round(0.5 * float((probs - dense_probs).abs().sum()), 4),
+                "dense_top1": _name(int(dense_probs.argmax()), names),
             }
-        }
         if writer is not None:
-            for frame in _annotate_vivit(clip, steps, cfg.tubelet, cfg.grid, summary.weights):
-                writer.write(frame)
+            lines = [_predictions_line(clip_record), summary.model]
+            worst = [_worst_step_line(cfg.num_tokens), _worst_predictions(names), summary.model]
+            if "agreement" in clip_record:
+                a = clip_record["agreement"]
+                lines.insert(1, f"dense: {a['dense_top1']} (total variation to pruned {a['total_variation']:.3f})")
+                worst.insert(2, f"dense: {max(names or ['class 999'], key=len)} (total variation to pruned 0.000)")
+            k = legible_factor(raw[0].shape[:2])  # narrow frames are drawn larger, so that the text fits
+            reserve = _reserve(enlarge(raw[0], k), worst)
+            big = (enlarge(f, k) for f in raw)
+            steps = result.steps
+            for picture in render_vivit_frames(
+                big, geometry.enlarged(k), steps, cfg.tubelet[0], cfg.grid, lines, reserve
+            ):
+                writer.write(rescale(picture, options.out_scale))
+        yield {"clip_summary": clip_record}  # after its frames are written: a stop here leaves whole clips
+        start += len(raw)
 
 
-def _annotate_vivit(
-    clip: Tensor, steps: list[Any], tubelet: tuple[int, int, int], grid: tuple[int, int], weights: str
-) -> Iterator[np.ndarray]:
-    from rgtp.viz import add_caption, overlay_tokens
+def _name(index: int, names: tuple[str, ...] | None) -> str:
+    return names[index] if names else f"class {index}"
 
-    pixels = ((clip[0] * VIVIT_STD + VIVIT_MEAN) * 255).clamp(0, 255).byte().permute(1, 2, 3, 0).cpu().numpy()
-    for i, frame in enumerate(pixels):  # (T, H, W, 3)
-        t = i // tubelet[0]
-        step = steps[t] if steps else None
-        kept = _kept_grid(None if step is None else step.keep_idx, *grid)
-        heat = None
-        src = None if step is None else (step.scores if step.scores is not None else step.importance)
-        if src is not None:
-            heat = src[0].float().view(*grid).cpu().numpy()
-        text = f"step {t} {'FULL' if step is None else step.kind.value.upper()} kept {kept.sum()}/{kept.size}"
-        if weights == "random":
-            text += " [random weights]"
-        yield add_caption(overlay_tokens(np.ascontiguousarray(frame), kept, heat, tubelet[1]), text)
+
+def _clip_summary(
+    c: int, segment: int, probs: Tensor, names: tuple[str, ...] | None, accounting: Accounting, result: Any
+) -> dict[str, Any]:
+    top = probs.topk(min(5, probs.numel()))
+    return {
+        "clip": c,
+        "source_frames": segment,
+        "top5": [[int(i), round(float(p), 4)] for p, i in zip(*top, strict=True)],
+        "top5_names": [_name(int(i), names) for i in top.indices],
+        "tmacs_per_clip_all_views": accounting.clip_tmacs,
+        "ms_all_views": round(1e3 * sum(result.step_seconds or []), 1),
+    }
+
+
+def _worst_step_line(tokens: int) -> str:
+    return f"frame 99999: step 99 ROLLOUT: kept {tokens}/{tokens} tokens"
+
+
+def _worst_predictions(names: tuple[str, ...] | None) -> str:
+    longest = sorted(names or ["class 999"], key=len)[-3:]
+    return f"segment 99999: {', '.join(f'{n} 100%' for n in longest)}"
+
+
+def _predictions_line(clip: dict[str, Any]) -> str:
+    top = ", ".join(f"{n} {p:.0%}" for n, (_, p) in zip(clip["top5_names"][:3], clip["top5"][:3], strict=True))
+    return f"segment {clip['clip']}: {top}"

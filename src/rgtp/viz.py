@@ -17,7 +17,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["add_caption", "colormap", "draw_boxes", "label_color", "overlay_tokens"]
+__all__ = [
+    "add_caption",
+    "caption_panel",
+    "colormap",
+    "draw_boxes",
+    "label_color",
+    "overlay_tokens",
+    "text_size_for",
+    "with_panel",
+    "wrapped_lines",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -108,16 +118,19 @@ def overlay_tokens(
     frame: np.ndarray,
     kept: np.ndarray,
     importance: np.ndarray | None,
-    patch_size: int,
+    patch_size: float,
     alpha: float = 0.45,
     *,
     outline: bool = True,
     grid: bool = False,
+    origin: tuple[float, float] = (0.0, 0.0),
 ) -> np.ndarray:
     """Visualise which tokens of a ViT patch grid were kept or pruned.
 
-    The token grid covers the top-left ``(Gh * patch_size, Gw * patch_size)``
-    region of the frame.  Only the part of the grid inside the frame is drawn
+    The token grid covers the ``(Gh * patch_size, Gw * patch_size)`` region of
+    the frame starting at ``origin`` (x, y); ``patch_size`` may be fractional
+    (a token's side in the frame's pixels when the frame is not at the model's
+    resolution).  Only the part of the grid inside the frame is drawn
     (the grid may extend past the frame when the model pads it bottom/right);
     pixels outside the grid are left untouched.  Inside the grid:
 
@@ -132,10 +145,12 @@ def overlay_tokens(
         frame: RGB ``uint8`` image of shape ``(H, W, 3)``.
         kept: Boolean mask of shape ``(Gh, Gw)``; ``True`` for processed tokens.
         importance: Optional float map of shape ``(Gh, Gw)`` (e.g. rollout scores).
-        patch_size: Patch side length in pixels.
+        patch_size: Token side length in the frame's pixels (> 0; fractional when the frame was resized for the
+            model).
         alpha: Opacity of the importance colormap in ``[0, 1]``.
         outline: Outline the kept region.
         grid: Draw patch boundaries.
+        origin: Pixel (x, y) of the grid's top-left corner (a view's crop inside the frame).
 
     Returns:
         A new RGB ``uint8`` array of shape ``(H, W, 3)``.
@@ -150,24 +165,24 @@ def overlay_tokens(
     kept_arr = kept_arr.astype(bool, copy=False)
     if importance is not None and np.shape(importance) != kept_arr.shape:
         raise ValueError(f"importance shape {np.shape(importance)} does not match kept shape {kept_arr.shape}")
-    if int(patch_size) != patch_size or patch_size <= 0:
-        raise ValueError(f"patch_size must be a positive integer, got {patch_size}")
+    if not np.isfinite(patch_size) or patch_size <= 0:
+        raise ValueError(f"patch_size must be positive, got {patch_size}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    patch_size = int(patch_size)
 
     out = img.copy()
     gh, gw = kept_arr.shape
-    h = min(img.shape[0], gh * patch_size)
-    w = min(img.shape[1], gw * patch_size)
-    if h == 0 or w == 0:
+    x0, y0 = max(0, round(origin[0])), max(0, round(origin[1]))
+    h = min(img.shape[0] - y0, round(gh * patch_size))
+    w = min(img.shape[1] - x0, round(gw * patch_size))
+    if h <= 0 or w <= 0:
         return out
 
-    rows = np.arange(h) // patch_size  # (h,) token row of each pixel row
-    cols = np.arange(w) // patch_size  # (w,) token column of each pixel column
+    rows = np.minimum((np.arange(h) / patch_size).astype(int), gh - 1)  # (h,) token row of each pixel row
+    cols = np.minimum((np.arange(w) / patch_size).astype(int), gw - 1)  # (w,) token column of each pixel column
     kept_px = kept_arr[rows[:, None], cols[None, :]]  # (h, w)
 
-    region = img[:h, :w].astype(np.float32)
+    region = img[y0 : y0 + h, x0 : x0 + w].astype(np.float32)
     if importance is not None and alpha > 0:
         heat = colormap(_normalise_importance(importance)).astype(np.float32)  # (Gh, Gw, 3)
         region = (1.0 - alpha) * region + alpha * heat[rows[:, None], cols[None, :]]
@@ -175,8 +190,8 @@ def overlay_tokens(
 
     if grid:
         on_grid = np.zeros((h, w), dtype=bool)
-        on_grid[np.arange(h) % patch_size == 0, :] = True
-        on_grid[:, np.arange(w) % patch_size == 0] = True
+        on_grid[np.r_[True, rows[1:] != rows[:-1]], :] = True  # the first pixel row of each token row
+        on_grid[:, np.r_[True, cols[1:] != cols[:-1]]] = True
         region[on_grid] = 0.5 * region[on_grid] + 0.5 * _GRID_COLOR
 
     if outline:
@@ -188,7 +203,7 @@ def overlay_tokens(
         edge[:, :-1] |= kept_px[:, :-1] & ~kept_px[:, 1:]
         region[edge] = _OUTLINE_COLOR
 
-    out[:h, :w] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+    out[y0 : y0 + h, x0 : x0 + w] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
     return out
 
 
@@ -215,6 +230,11 @@ def _text_color(bg: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luma > 140 else (255, 255, 255)
 
 
+def text_size_for(height: int, width: int) -> int:
+    """A font size legible at this frame size: about 1/32 of the short side, 10 px at least."""
+    return max(10, round(min(height, width) / 32))
+
+
 def draw_boxes(
     frame: np.ndarray,
     boxes: np.ndarray,
@@ -222,15 +242,17 @@ def draw_boxes(
     scores: np.ndarray | None,
     color_seed: int = 0,
     *,
-    line_width: int = 2,
-    font_size: int = 12,
+    line_width: int | None = None,
+    font_size: int | None = None,
 ) -> np.ndarray:
     """Draw labelled detection boxes with Pillow.
 
-    Each box gets a rectangle and a ``"name 0.87"`` label on a filled
-    background (above the box if there is room, otherwise inside it).  The
-    colour is a deterministic function of the label and ``color_seed``.
-    Boxes with non-finite coordinates are skipped.
+    Each box gets a rectangle and a ``"name 0.87"`` label on a filled background. Labels are placed after every
+    rectangle, best-scoring box first, at the first of these places that covers no label placed before: above the
+    box, inside its top, below it, inside its bottom (at its left end, then its right end), then the free row
+    nearest its top along either end (the least covered corner when the frame is full), always inside the frame.
+    The colour is a deterministic function of the label and ``color_seed``. Boxes with non-finite coordinates are
+    skipped.
 
     Args:
         frame: RGB ``uint8`` image of shape ``(H, W, 3)``.
@@ -238,8 +260,8 @@ def draw_boxes(
         labels: ``K`` class names.
         scores: Float array of shape ``(K,)``, or ``None`` to omit scores.
         color_seed: Changes the label -> colour assignment.
-        line_width: Rectangle line width in pixels.
-        font_size: Label font size in pixels (ignored on Pillow < 10.1).
+        line_width: Rectangle line width in pixels (default: from the frame size).
+        font_size: Label font size in pixels (default: :func:`text_size_for` the frame; ignored on Pillow < 10.1).
 
     Returns:
         A new RGB ``uint8`` array of shape ``(H, W, 3)``.
@@ -268,25 +290,183 @@ def draw_boxes(
     Image, ImageDraw, _ = _import_pil()
     pil = Image.fromarray(img)
     draw = ImageDraw.Draw(pil)
-    font = _default_font(int(font_size))
-    for i in range(k):
-        x1, y1, x2, y2 = box_arr[i]
-        if not np.all(np.isfinite(box_arr[i])):
-            logger.debug("skipping non-finite box %d: %s", i, box_arr[i])
-            continue
-        x1, x2 = sorted((float(x1), float(x2)))
-        y1, y2 = sorted((float(y1), float(y2)))
+    size = font_size or text_size_for(img.shape[0], img.shape[1])
+    font = _default_font(int(size))
+    width = line_width or max(1, round(size / 6))
+    order = np.argsort(-score_arr, kind="stable") if score_arr is not None else np.arange(k)
+    valid = [i for i in order if np.all(np.isfinite(box_arr[i]))]
+    for i in sorted(set(range(k)) - set(valid)):
+        logger.debug("skipping non-finite box %d: %s", i, box_arr[i])
+    for i in valid:  # every rectangle first: no rectangle is drawn over a label
+        x1, y1, x2, y2 = _sorted_box(box_arr[i])
+        draw.rectangle((x1, y1, x2, y2), outline=label_color(str(labels[i]), color_seed), width=width)
+    placed: list[tuple[float, float, float, float]] = []
+    for i in valid:
         color = label_color(str(labels[i]), color_seed)
-        draw.rectangle((x1, y1, x2, y2), outline=color, width=max(1, int(line_width)))
         text = str(labels[i]) if score_arr is None else f"{labels[i]} {score_arr[i]:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tw, th = right - left, bottom - top
-        pad = 2
-        ty = y1 - th - 2 * pad if y1 - th - 2 * pad >= 0 else y1
-        tx = max(0.0, x1)
-        draw.rectangle((tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad), fill=color)
+        pad = max(1, size // 6)
+        tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+        tx, ty = _label_place(_sorted_box(box_arr[i]), tw, th, img.shape[1], img.shape[0], placed)
+        placed.append((tx, ty, tx + tw, ty + th))
+        draw.rectangle((tx, ty, tx + tw, ty + th), fill=color)
         draw.text((tx + pad - left, ty + pad - top), text, fill=_text_color(color), font=font)
     return np.asarray(pil, dtype=np.uint8).copy()
+
+
+def _sorted_box(box: np.ndarray) -> tuple[float, float, float, float]:
+    x1, x2 = sorted((float(box[0]), float(box[2])))
+    y1, y2 = sorted((float(box[1]), float(box[3])))
+    return x1, y1, x2, y2
+
+
+def _label_place(
+    box: tuple[float, float, float, float],
+    tw: float,
+    th: float,
+    width: int,
+    height: int,
+    placed: list[tuple[float, float, float, float]],
+) -> tuple[float, float]:
+    """Top-left corner of a ``tw`` x ``th`` label for ``box``, inside the frame: the first of the box's corners
+    (above, inside the top, below, inside the bottom; left end, then right end) that overlaps no label in ``placed``;
+    else the free place nearest the box's top in a stack of label rows along its left or right end; else the least
+    overlapping corner."""
+    x1, y1, x2, y2 = box
+
+    def clamp(cx: float, cy: float) -> tuple[float, float]:
+        return min(max(cx, 0.0), max(width - tw, 0.0)), min(max(cy, 0.0), max(height - th, 0.0))
+
+    def overlap(cx: float, cy: float) -> float:
+        return sum(
+            max(0.0, min(cx + tw, r[2]) - max(cx, r[0])) * max(0.0, min(cy + th, r[3]) - max(cy, r[1])) for r in placed
+        )
+
+    corners = [clamp(x, y) for x in (x1, x2 - tw) for y in (y1 - th, y1, y2, y2 - th)]
+    for cx, cy in corners:
+        if overlap(cx, cy) == 0.0:
+            return cx, cy
+    rows = max(1, int(height // th))
+    stack = sorted(
+        (clamp(x, n * th) for x in (x1, x2 - tw) for n in range(rows)), key=lambda p: (abs(p[1] - (y1 - th)), p[0])
+    )
+    for cx, cy in stack:
+        if overlap(cx, cy) == 0.0:
+            return cx, cy
+    return min(corners, key=lambda p: overlap(*p))
+
+
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    """Greedy word wrap of one line of text to ``width`` pixels (a word longer than the width stands alone)."""
+    Image, ImageDraw, _ = _import_pil()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    current = ""
+    for word in text.split(" "):
+        trial = word if not current else f"{current} {word}"
+        if current and measure.textlength(trial, font=font) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = trial
+    lines.append(current)
+    return lines
+
+
+def wrapped_lines(width: int, lines: Sequence[str], *, font_size: int) -> int:
+    """How many lines :func:`caption_panel` needs for ``lines`` at this width."""
+    font = _default_font(int(font_size))
+    pad = max(2, font_size // 4)
+    return sum(len(_wrap(line, font, width - 2 * pad)) for line in lines)
+
+
+def caption_panel(
+    width: int, lines: Sequence[str], *, font_size: int, legend: bool = False, reserve: int = 0
+) -> np.ndarray:
+    """A dark strip ``width`` pixels wide with ``lines`` of text, wrapped to fit, and optionally the legend of the
+    token overlay (the importance colour scale, a kept token's outline and a pruned token's shade), placed under the
+    frame it describes rather than over it. ``reserve``: room for at least that many text lines (so that every frame
+    of a video gets a panel of one height; see :func:`wrapped_lines`). -> (H, width, 3) uint8."""
+    Image, ImageDraw, _ = _import_pil()
+    font = _default_font(int(font_size))
+    pad = max(2, font_size // 4)
+    wrapped = [part for line in lines for part in _wrap(line, font, width - 2 * pad)]
+    line_h = round(font_size * 1.25)
+    legend_h = line_h * len(_legend_rows(width, font_size)) + pad if legend else 0
+    height = 2 * pad + line_h * max(len(wrapped), reserve) + legend_h
+    pil = Image.new("RGB", (width, height), (24, 24, 24))
+    draw = ImageDraw.Draw(pil)
+    for n, text in enumerate(wrapped):
+        draw.text((pad, pad + n * line_h), text, fill=(255, 255, 255), font=font)
+    if legend:
+        _draw_legend(draw, font, pad, pad + line_h * len(wrapped), line_h, width)
+    return np.asarray(pil, dtype=np.uint8).copy()
+
+
+def _legend_items(draw: Any, font: Any, box: int, bar_w: int) -> list[tuple[str, int, int]]:
+    """The legend's parts, each (name, drawn width, gap after it): the importance scale's title, the scale, the kept
+    token, the pruned token."""
+    title_w = int(draw.textlength("importance", font=font))
+    scale_w = int(draw.textlength("low", font=font)) + bar_w + int(draw.textlength("high", font=font)) + 8
+    kept_w = box + 4 + int(draw.textlength("kept token", font=font))
+    pruned_w = box + 4 + int(draw.textlength("pruned token", font=font))
+    return [("importance", title_w, 4), ("scale", scale_w, box), ("kept", kept_w, box), ("pruned", pruned_w, box)]
+
+
+def _legend_rows(width: int, font_size: int) -> list[list[str]]:
+    """The legend's parts on rows that fit ``width`` (one row when it fits)."""
+    Image, ImageDraw, _ = _import_pil()
+    font = _default_font(int(font_size))
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    box = max(6, round(font_size * 1.25) - 4)
+    pad = max(2, font_size // 4)
+    rows: list[list[str]] = [[]]
+    used = pad
+    for name, extent, gap in _legend_items(draw, font, box, _bar_width(width)):
+        if rows[-1] and used + extent > width - pad:
+            rows.append([])
+            used = pad
+        rows[-1].append(name)
+        used += extent + gap
+    return rows
+
+
+def _bar_width(width: int) -> int:
+    return max(20, min(120, width // 6))
+
+
+def _draw_legend(draw: Any, font: Any, x0: int, y: int, line_h: int, width: int) -> None:
+    """importance: low [colour bar] high   [outlined] kept token   [dark] pruned token, on as many rows as needed."""
+    box = max(6, line_h - 4)
+    white = (255, 255, 255)
+    for row in _legend_rows(width, round(line_h / 1.25)):
+        x = x0
+        for name in row:
+            if name == "importance":
+                draw.text((x, y), "importance", fill=white, font=font)
+                x += int(draw.textlength("importance", font=font)) + 4
+            elif name == "scale":
+                draw.text((x, y), "low", fill=white, font=font)
+                x += int(draw.textlength("low", font=font)) + 4
+                ramp = colormap(np.linspace(0.0, 1.0, _bar_width(width)))  # (bar_w, 3)
+                for i, rgb in enumerate(ramp):
+                    draw.line((x + i, y + 2, x + i, y + 2 + box), fill=tuple(int(c) for c in rgb))
+                x += len(ramp) + 4
+                draw.text((x, y), "high", fill=white, font=font)
+                x += int(draw.textlength("high", font=font)) + box
+            else:
+                fill = (150, 150, 150) if name == "kept" else (int(150 * _PRUNED_DIM),) * 3
+                outline = tuple(int(c) for c in _OUTLINE_COLOR) if name == "kept" else None
+                draw.rectangle((x, y + 2, x + box, y + 2 + box), fill=fill, outline=outline)
+                label = f"{name} token"
+                draw.text((x + box + 4, y), label, fill=white, font=font)
+                x += box + 4 + int(draw.textlength(label, font=font)) + box
+        y += line_h
+
+
+def with_panel(frame: np.ndarray, panel: np.ndarray) -> np.ndarray:
+    """The frame with a caption panel under it: (H, W, 3), (h, W, 3) -> (H + h, W, 3)."""
+    return np.concatenate([_check_frame(frame), _check_frame(panel, "panel")], axis=0)
 
 
 def add_caption(

@@ -84,6 +84,8 @@ class ClipOutput:
     logits: Tensor
     steps: list[ClassStep]
     state_nbytes: int  # the streams' state at the end of the clip (the whole batch)
+    step_seconds: list[float] | None = None  # per step (all views), when timed
+    step_macs: list[dict[str, int]] | None = None  # per step (all views), by scope, when counted
 
     @property
     def pooled(self) -> Tensor:
@@ -92,26 +94,31 @@ class ClipOutput:
 
 
 @torch.no_grad()
-def run_clip(runner: Any, clip: Tensor) -> ClipOutput:
+def run_clip(runner: Any, clip: Tensor, timed: bool = False, count: bool = False) -> ClipOutput:
     """Run a runner of a ViViT (:class:`~rgtp.adapters.native.ViViTAdapter`) over every tubelet step of ``clip``
     (B, 3, T, H, W), each view a stream from a fresh state, then the temporal encoder and the classifier.
 
-    Runners without temporal state (dense, ToMe) step every tubelet of every view as one batch.
+    Runners without temporal state (dense, ToMe) step every tubelet of every view as one batch (their per-step
+    figures are then the batch's split evenly over the steps). ``timed`` / ``count``: per-step seconds / MACs.
     """
     model = runner.model
     if not isinstance(model, ViViTAdapter):
         raise TypeError(f"run_clip needs a runner of a ViViT, got one of {type(model).__name__}")
     tokens = model.embed_clip(clip)  # (B, steps, N, C)
     b, s, n, c = tokens.shape
+    state = runner.new_state()
     if runner.stateless:
-        state = runner.new_state()
-        out = runner.step(tokens.reshape(b * s, n, c), state)  # one step of B * steps streams
-        steps = [_slice_step(out, t, s) for t in range(s)]
+        ticks = list(stream(runner, [tokens.reshape(b * s, n, c)], state, timed, count))  # one step of B * steps
+        steps = [_slice_step(ticks[0].output, t, s) for t in range(s)]
+        seconds = None if ticks[0].seconds is None else [ticks[0].seconds / s] * s
+        macs = None if ticks[0].macs is None else [{k: v // s for k, v in ticks[0].macs.items()}] * s
     else:
-        state = runner.new_state()
-        steps = [runner.step(tokens[:, t], state) for t in range(s)]
+        ticks = list(stream(runner, (tokens[:, t] for t in range(s)), state, timed, count))
+        steps = [tick.output for tick in ticks]
+        seconds = [t.seconds for t in ticks] if timed else None  # type: ignore[misc]
+        macs = [t.macs for t in ticks] if count else None  # type: ignore[misc]
     logits = model.classify(torch.stack([o.pooled for o in steps], dim=1))  # (B, steps, C) -> (B, classes)
-    return ClipOutput(logits, steps, state.nbytes())
+    return ClipOutput(logits, steps, state.nbytes(), seconds, macs)
 
 
 def _slice_step(out: ClassStep, t: int, steps: int) -> ClassStep:
