@@ -36,15 +36,15 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _detector(tmp_path: Path, keep: float | None = None) -> tuple[Path, Path]:
-    """A tiny ViTDet config (YAML) and weights that detect "car" (VID class 6) everywhere."""
+def _detector(tmp_path: Path, keep: float | None = None, blind: bool = False) -> tuple[Path, Path]:
+    """A tiny ViTDet config (YAML) and weights that detect "car" (VID class 6) everywhere (``blind``: nothing)."""
     from rgtp.models.vitdet import ViTDet
 
     cfg = dataclasses.replace(TINY_VITDET, head=dataclasses.replace(TINY_VITDET.head, num_classes=30))
     torch.manual_seed(0)
     model = ViTDet(cfg)
     with torch.no_grad():
-        model.head.roi_heads.box_predictor.cls_score.bias[6] = 8.0  # type: ignore[union-attr, index]
+        model.head.roi_heads.box_predictor.cls_score.bias[30 if blind else 6] = 8.0  # type: ignore[union-attr, index]
     torch.save(model.state_dict(), tmp_path / "w.pth")
     method = vitdet_rgtp(reset_every=4) if keep is None else vitdet_rgtp(keep_ratio=keep, reset_every=4)
     save_config(Preset("tiny_vitdet", cfg, method), tmp_path / "det.yaml")
@@ -140,9 +140,25 @@ def test_captions_wrap_instead_of_being_cut_and_carry_a_legend(width: int) -> No
 
 def test_detections_in_json_carry_class_names(tmp_path: Path) -> None:
     config, weights = _detector(tmp_path)
-    records, _ = _run(tmp_path, _video(tmp_path / "in.mp4", 2, (64, 96)), config, "--weights", str(weights))
+    records, frames = _run(tmp_path, _video(tmp_path / "in.mp4", 2, (64, 96)), config, "--weights", str(weights))
     dets = [d for r in records if "frame" in r for d in r["outputs"]["detections"]]
     assert dets and {(d["label"], d["class"]) for d in dets} == {(6, "car")}
+    # drawn 5x larger (96 -> 480 px), the boxes are still written in the source's pixels
+    assert frames[0].shape[1] == 480
+    boxes = np.array([d["box"] for d in dets])
+    assert (boxes[:, [0, 2]] <= 96).all() and (boxes[:, [1, 3]] <= 64).all() and boxes[:, 2].max() > 40
+
+
+def test_class_names_come_from_the_weights_not_a_guess_from_the_count() -> None:
+    from rgtp.build import bundled_weights
+    from rgtp.presets import get_preset
+    from rgtp.run import class_names
+
+    peds = get_preset("pedestrians_det_rgtp").model
+    assert class_names(peds, str(bundled_weights("pedestrians_det_rgtp"))) == ("person",)
+    assert class_names(peds, "my_one_class_detector.pth") is None  # "class 0": we do not know what it detects
+    assert class_names(get_preset("vitdet_vid_672_keep512").model, "vitdet_b_vid.pth")[6] == "car"  # type: ignore[index]
+    assert class_names(get_preset("motions_rgtp").model, "random") is None
 
 
 # --- item 4: ViViT runs ---------------------------------------------------------------------------------------------
@@ -162,21 +178,25 @@ def test_vivit_records_per_step_figures_and_shows_its_predictions(
 
     monkeypatch.setattr(annotate, "caption_panel", spy)
     save_config(Preset("tiny_vivit", TINY_VIVIT, vivit_rgtp()), tmp_path / "vivit.yaml")
-    video = _video(tmp_path / "in.mp4", 12, (48, 80))
+    video = _video(tmp_path / "in.mp4", 24, (48, 80))
     records, frames = _run(tmp_path, video, tmp_path / "vivit.yaml", "--segment-frames", "12")
-    steps = [r for r in records if "step" in r]
-    clip = next(r["clip_summary"] for r in records if "clip_summary" in r)
+    steps = [r for r in records if "step" in r and r["clip"] == 0]
+    clips = [r["clip_summary"] for r in records if "clip_summary" in r]
+    clip = clips[0]
     assert [s["kind"] for s in steps] == ["full", "rollout", "grid", "rollout"]
     assert steps[0]["gmacs_per_view"] > steps[1]["gmacs_per_view"] > 0  # each step its own, not the clip's mean
     assert all("gmacs" not in s and "ms" not in s and s["ms_all_views"] > 0 for s in steps)
-    assert sum(s["ms_all_views"] for s in steps) == pytest.approx(clip["ms_all_views"], abs=0.1)
     assert [s["frames"] for s in steps] == [[0, 1], [2, 3], [4, 5], [6, 7]]  # the view drawn: 8 of 12 frames
-    assert len(frames) == 12 and clip["source_frames"] == 12
-    top = clip["top5_names"][0]
-    assert len(captions) == 12 and all(any(top in line for line in c) for c in captions)  # on every frame
+    assert len(frames) == 24 and [c["source_frames"] for c in clips] == [12, 12]
+    assert len(captions) == 24
+    for c, clip in enumerate(clips):  # each segment's top class under each of its frames, numbered in the video
+        top = clip["top5_names"][0]
+        for f, caption in enumerate(captions[12 * c : 12 * (c + 1)]):
+            assert caption[0].startswith(f"frame {12 * c + f}: ") and any(top in line for line in caption)
+    assert "step 1 ROLLOUT" in captions[12 + 2][0]  # frame 14: the second step of the second segment
     summary = records[-1]["run_summary"]
-    assert summary["steps"] == 4 and summary["mean_gmacs_per_step_and_view"] > 0
-    assert "4 steps of" in capsys.readouterr().out
+    assert summary["steps"] == 8 and summary["mean_gmacs_per_step_and_view"] > 0
+    assert "8 steps of" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("segment", "stride"), [(20, 2), (5, 2), (30, 3)])
@@ -218,19 +238,45 @@ def test_compare_dense_draws_both_and_scores_the_detections(tmp_path: Path, caps
     assert records[-1]["run_summary"]["agreement_with_dense"]["map50_vs_dense"] == 100.0
 
 
+def test_compare_dense_says_when_there_is_nothing_to_compare(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("faster_coco_eval")
+    config, weights = _detector(tmp_path, blind=True)
+    records, frames = _run(
+        tmp_path, _video(tmp_path / "in.mp4", 2, (64, 96)), config, "--weights", str(weights), "--compare", "dense"
+    )
+    agreement = records[-1]["run_summary"]["agreement_with_dense"]
+    assert agreement["map50_vs_dense"] is None and "the dense model found nothing" in agreement["note"]
+    assert len(frames) == 2 and "nothing to compare" in capsys.readouterr().out
+
+
 def test_compare_dense_on_vivit_reports_top1_agreement_and_distance(tmp_path: Path) -> None:
     save_config(Preset("tiny_vivit", TINY_VIVIT, vivit_rgtp()), tmp_path / "vivit.yaml")
     video = _video(tmp_path / "in.mp4", 16, (48, 80))
     records, frames = _run(tmp_path, video, tmp_path / "vivit.yaml", "--segment-frames", "8", "--compare", "dense")
     clips = [r["clip_summary"] for r in records if "clip_summary" in r]
     assert len(clips) == 2 and all(0 <= c["agreement"]["total_variation"] <= 1 for c in clips)
+    assert all(len(c["agreement"]["dense_top5_names"]) == 5 for c in clips)
     agreement = records[-1]["run_summary"]["agreement_with_dense"]
     assert agreement["clips"] == 2 and agreement["top1_agreement"] in (0.0, 50.0, 100.0)
     assert agreement["mean_total_variation"] > 0  # pruning changed the probabilities a little
-    assert len(frames) == 16
+    assert len(frames) == 16 and frames[0].shape[1] == 480 + 4 + 480  # pruned | dense, 80 px drawn 6x
 
 
 def test_compare_dense_is_refused_for_a_dense_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     video = _video(tmp_path / "in.mp4", 2, (64, 96))
     assert main(["run", str(video), "--preset", "vitdet_vid_672_base", "--compare", "dense"]) == 2
     assert "already runs the dense model" in capsys.readouterr().err
+
+
+def test_a_caption_taller_than_reserved_does_not_end_the_video(tmp_path: Path) -> None:
+    """Every annotated frame is fitted to the first one's size (a video has one frame size)."""
+    from rgtp.io.video import VideoWriter, read_frames
+    from rgtp.run import _Pictures
+
+    with VideoWriter(tmp_path / "v.mp4", fps=5) as writer:
+        pictures = _Pictures(writer, 1.0)
+        for h in (100, 130, 90):
+            pictures.write(np.full((h, 64, 3), 200, dtype=np.uint8))
+    assert [f.shape for f in read_frames(tmp_path / "v.mp4")] == [(100, 64, 3)] * 3

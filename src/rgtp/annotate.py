@@ -141,17 +141,19 @@ class ViewGeometry:
 def render_vivit_frames(
     raw: Iterable[np.ndarray],
     geometry: ViewGeometry,
-    steps: Sequence[ClassStep],
+    steps: Sequence[ClassStep] | None,
     tubelet_frames: int,
     grid: tuple[int, int],
     lines: Sequence[str],
     reserve: int = 0,
+    start: int = 0,
 ) -> Iterator[np.ndarray]:
     """Every source frame of a segment, annotated: the view's crop outlined; on the frames it samples, its tokens at
-    the tubelet step they belong to. ``lines``: the caption (the segment's predictions), under each frame."""
-    from rgtp.viz import draw_boxes
-
-    sampled = {f: k for k, f in enumerate(geometry.frames)}  # source frame -> the view's frame index (first wins)
+    the tubelet step they belong to (``steps`` None: the dense model, no overlay). ``lines``: the caption (the
+    segment's predictions), under each frame; ``start``: the segment's first frame in the video."""
+    sampled: dict[int, int] = {}  # source frame -> the view's frame index (the first, where padding repeats one)
+    for k, f in enumerate(geometry.frames):
+        sampled.setdefault(f, k)
     x0, y0 = geometry.origin
     crop_box = np.array([[x0, y0, x0 + geometry.size, y0 + geometry.size]])
     for f, frame in enumerate(raw):
@@ -159,21 +161,23 @@ def render_vivit_frames(
         step_line = "not sampled by the view shown"
         if f in sampled:
             t = sampled[f] // tubelet_frames
-            step = steps[t]
-            img = overlay_tokens(
-                frame,
-                kept_grid(step.keep_idx, *grid, item=geometry.index),
-                _heat(step, grid, geometry.index),
-                geometry.cell,
-                origin=geometry.origin,
-            )
-            step_line = f"step {t} {step.kind.value.upper()}: kept {step.num_kept}/{grid[0] * grid[1]} tokens"
+            step_line = f"step {t} DENSE: all {grid[0] * grid[1]} tokens"
+            if steps is not None:
+                step = steps[t]
+                img = overlay_tokens(
+                    frame,
+                    kept_grid(step.keep_idx, *grid, item=geometry.index),
+                    _heat(step, grid, geometry.index),
+                    geometry.cell,
+                    origin=geometry.origin,
+                )
+                step_line = f"step {t} {step.kind.value.upper()}: kept {step.num_kept}/{grid[0] * grid[1]} tokens"
         img = draw_boxes(img, crop_box, ["view"], None)
         panel = caption_panel(
             img.shape[1],
-            [f"frame {f}: {step_line}", *lines],
+            [f"frame {start + f}: {step_line}", *lines],
             font_size=text_size_for(*img.shape[:2]),
-            legend=True,
+            legend=steps is not None,
             reserve=reserve,
         )
         yield with_panel(img, panel)

@@ -598,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--out-scale",
                 type=float,
                 default=1.0,
-                help="size of the annotated video relative to the source (default 1: the source's resolution)",
+                help="size of the annotated video relative to the source (default 1: the source's resolution; frames "
+                "narrower than 480 px are first drawn at an integer multiple, so that the caption is legible)",
             )
             p.add_argument(
                 "--segment-frames",

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from rgtp.accounting import Accounting, count_preset
 from rgtp.annotate import ViewGeometry, render_grid_frame, render_vivit_frames, rescale, side_by_side
-from rgtp.build import build_model, build_runner, load_weights, shipped
+from rgtp.build import BUNDLED, build_model, build_runner, load_weights, shipped
 from rgtp.config import Preset, ViTDetConfig, ViViTConfig
 from rgtp.data.views import make_views
 from rgtp.interrupt import StopRequest, graceful_stop
@@ -31,7 +31,9 @@ from rgtp.io.video import VideoWriter, read_frames, video_info
 from rgtp.models.vitdet import preprocess_frame
 from rgtp.models.vivit import ViViT, predict_views
 from rgtp.progress import progress_bar
+from rgtp.pruning.schedule import FrameKind
 from rgtp.runtime.driver import run_clip, stream
+from rgtp.viz import PANEL_COLOUR
 
 __all__ = ["RANDOM", "RunSummary", "run_video"]
 
@@ -64,7 +66,7 @@ class RunSummary:
             "weights": self.weights,
             "model": self.model,
             f"{self.unit}s": self.frames,
-            "by_kind": self.by_kind,
+            "by_kind": {k: {n: round(x, 4) for n, x in v.items()} for k, v in self.by_kind.items()},
             f"mean_gmacs_per_{unit}": round(self.mean_gmacs, 6),
             f"dense_gmacs_per_{unit}": round(self.dense_gmacs, 6),
             "agreement_with_dense": self.agreement or None,
@@ -129,7 +131,8 @@ def run_video(
     total = info.num_frames if max_frames is None else min(max_frames, info.num_frames or max_frames)
     with ExitStack() as stack:
         sink = stack.enter_context(open(jsonl, "w")) if jsonl else None
-        writer = stack.enter_context(VideoWriter(out_video, fps=info.fps or 10.0)) if out_video else None
+        video_out = stack.enter_context(VideoWriter(out_video, fps=info.fps or 10.0)) if out_video else None
+        writer = None if video_out is None else _Pictures(video_out, out_scale)
         frames = read_frames(video, max_frames, strict)
         if isinstance(preset.model, ViTDetConfig):
             records = _run_vitdet(preset, model, frames, accounting, writer, summary, options)
@@ -179,7 +182,7 @@ def _load_model(preset: Preset, weights: str | Path | None, device: str) -> tupl
     if entry is not None:
         weights = entry.path
         logger.info(
-            "%s: the weights shipped for it, trained on %s; it detects %s", preset.name, entry.trained_on, entry.outputs
+            "%s: the weights shipped for it, trained on %s; outputs: %s", preset.name, entry.trained_on, entry.outputs
         )
     if weights is None or str(weights) == RANDOM:
         logger.warning(
@@ -201,9 +204,30 @@ def _consume(records: Iterator[dict[str, Any]], summary: RunSummary, sink: Any, 
             sink.flush()
         bar.update(_source_frames(record))
         if stop.signum is not None and "step" not in record:  # a ViViT clip stops whole, after its summary
-            logger.warning("%s: stopping after %d frames; closing the outputs", stop.name, summary.frames)
+            logger.warning("%s: stopping after %d %ss; closing the outputs", stop.name, summary.frames, summary.unit)
             summary.interrupted = stop.signum
             return
+
+
+class _Pictures:
+    """The annotated video: pictures scaled by ``scale``, each fitted to the first one's size (a caption that wraps
+    further than the panel reserved for it is cut rather than ending the run: a video has one frame size)."""
+
+    def __init__(self, writer: VideoWriter, scale: float) -> None:
+        self.writer, self.scale = writer, scale
+        self.hw: tuple[int, int] | None = None
+
+    def write(self, picture: np.ndarray) -> None:
+        picture = rescale(picture, self.scale)
+        if self.hw is None:
+            self.hw = picture.shape[:2]
+        h, w = self.hw
+        if picture.shape[:2] != (h, w):
+            logger.debug("annotated frame %s fitted to %s", picture.shape[:2], (h, w))
+            fitted = np.full((h, w, 3), PANEL_COLOUR, dtype=np.uint8)
+            fitted[: min(h, picture.shape[0]), : min(w, picture.shape[1])] = picture[:h, :w]
+            picture = fitted
+        self.writer.write(picture)
 
 
 def _source_frames(record: dict[str, Any]) -> int:
@@ -220,13 +244,9 @@ def _remove(*paths: str | Path | None) -> None:
 
 
 def _dense_gmacs(preset: Preset) -> float:
-    """GMACs per frame (ViTDet) or per step and view (ViViT) of the dense model."""
-    dense = count_preset(replace(preset, rgtp=None))
-    if dense.full_frame_gmacs is not None:
-        return dense.full_frame_gmacs
-    assert dense.clip_tmacs is not None
-    views = preset.views[0] * preset.views[1]
-    return dense.clip_tmacs * 1e3 / (views * preset.model.num_steps)  # per step and view
+    """GMACs per frame (ViTDet) or per step and view (ViViT: the spatial encoder, as the steps are counted) of the
+    dense model."""
+    return count_preset(_dense(preset)).step_gmacs(FrameKind.FULL)
 
 
 def _add(summary: RunSummary, record: dict[str, Any]) -> None:
@@ -251,7 +271,7 @@ def _run_vitdet(
     model: torch.nn.Module,
     frames: Iterable[np.ndarray],
     accounting: Accounting,
-    writer: VideoWriter | None,
+    writer: _Pictures | None,
     summary: RunSummary,
     options: Options,
 ) -> Iterator[dict[str, Any]]:
@@ -260,7 +280,7 @@ def _run_vitdet(
     runtime = build_runner(preset, model)
     dense = _Dense(build_runner(_dense(preset), model)) if options.compare else None
     device = next(model.parameters()).device
-    names = class_names(cfg)
+    names = class_names(cfg, summary.weights)
     inputs: list[tuple[np.ndarray, Tensor, float]] = []  # the frame being stepped: source, model input, scale
 
     def images() -> Iterator[Tensor]:
@@ -299,7 +319,7 @@ def _run_vitdet(
             picture = side_by_side(picture, dense_picture) if picture is not None else None
             summary.agreement.setdefault("frames", []).append(dense.last)
         if writer is not None and picture is not None:
-            writer.write(rescale(picture, options.out_scale))
+            writer.write(picture)
         yield record
 
 
@@ -426,12 +446,20 @@ def _finish_agreement(summary: RunSummary) -> None:
             predictions.append(pruned)
             classes = max(classes, int(max(dense[2].max(initial=0), pruned[2].max(initial=0))) + 1)
         if truth:
-            metrics = coco_map(truth, predictions, [str(k) for k in range(classes)])
             summary.agreement = {
-                "map50_vs_dense": round(100 * metrics.map50, 2),
+                "map50_vs_dense": None,
                 "reference": f"the dense model's detections scoring >= {AGREEMENT_SCORE}",
                 "frames": len(truth),
             }
+            if sum(len(boxes) for boxes, _ in truth) == 0:  # nothing to agree on: say so rather than score it
+                confident = sum(int((p[1] >= AGREEMENT_SCORE).sum()) for p in predictions)
+                summary.agreement["note"] = (
+                    f"nothing to compare: the dense model found nothing scoring >= {AGREEMENT_SCORE}, the pruned one "
+                    f"{confident} detections"
+                )
+            else:
+                metrics = coco_map(truth, predictions, [str(k) for k in range(classes)])
+                summary.agreement["map50_vs_dense"] = round(100 * metrics.map50, 2)
     elif summary.clips and "top1_agree" in summary.clips[0].get("agreement", {}):
         agree = [c["agreement"] for c in summary.clips]
         summary.agreement = {
@@ -441,20 +469,26 @@ def _finish_agreement(summary: RunSummary) -> None:
         }
 
 
-def class_names(cfg: ViTDetConfig | ViViTConfig) -> tuple[str, ...] | None:
-    """Names of a model's classes, recognised by their count (VID, the benchmark sets, Kinetics); None if unknown."""
+def class_names(cfg: ViTDetConfig | ViViTConfig, weights: str = RANDOM) -> tuple[str, ...] | None:
+    """Names of a model's classes: those of the shipped weights when ``weights`` are theirs, else those of the paper's
+    datasets recognised by their count (ImageNet VID: 30, Kinetics-400: 400); None ("class k") otherwise."""
     from rgtp.data.kinetics import KINETICS400_CLASSES
     from rgtp.data.motions import MOTION_CLASSES
     from rgtp.data.shapes import SHAPES_CLASSES
     from rgtp.data.vid import VID_CLASSES
 
+    entry = next((e for e in BUNDLED.values() if weights != RANDOM and Path(weights) == e.path), None)
+    if entry is not None:
+        by_file = {
+            "shapes_det.pt": SHAPES_CLASSES,
+            "pedestrians_det.pt": ("person",),
+            "motions_vivit.pt": MOTION_CLASSES,
+        }
+        return by_file.get(entry.file)
     if isinstance(cfg, ViTDetConfig):
         count = cfg.head.num_classes if cfg.head is not None else 0
-        names = {len(VID_CLASSES): VID_CLASSES, len(SHAPES_CLASSES): SHAPES_CLASSES, 1: ("person",)}
-    else:
-        count = cfg.num_classes
-        names = {len(KINETICS400_CLASSES): tuple(KINETICS400_CLASSES), len(MOTION_CLASSES): MOTION_CLASSES}
-    return names.get(count)
+        return VID_CLASSES if count == len(VID_CLASSES) else None
+    return tuple(KINETICS400_CLASSES) if cfg.num_classes == len(KINETICS400_CLASSES) else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -478,7 +512,7 @@ def _run_vivit(
     model: torch.nn.Module,
     frames: Iterable[np.ndarray],
     accounting: Accounting,
-    writer: VideoWriter | None,
+    writer: _Pictures | None,
     summary: RunSummary,
     options: Options,
 ) -> Iterator[dict[str, Any]]:
@@ -488,7 +522,7 @@ def _run_vivit(
     dense = build_runner(_dense(preset), model) if options.compare else None
     device = next(model.parameters()).device
     views = preset.views[0] * preset.views[1]
-    names = class_names(cfg)
+    names = class_names(cfg, summary.weights)
     start = 0
     for c, raw in enumerate(_segments(frames, options.segment_frames)):
         clip = make_views(np.stack(raw), cfg.num_frames, preset.temporal_stride, cfg.img_size, preset.views).to(device)
@@ -512,28 +546,37 @@ def _run_vivit(
             }
         probs = predict_views(model.split(result.logits)[0], views)[0]
         clip_record = _clip_summary(c, len(raw), probs, names, accounting, result)
+        dense_clip = None
         if dense is not None:
             dense_probs = predict_views(model.split(run_clip(dense, clip).logits)[0], views)[0]
+            dense_clip = {"clip": c, **_top5(dense_probs, names)}
             clip_record["agreement"] = {
                 "top1_agree": bool(probs.argmax() == dense_probs.argmax()),
                 "total_variation": round(0.5 * float((probs - dense_probs).abs().sum()), 4),
-                "dense_top1": _name(int(dense_probs.argmax()), names),
+                **{f"dense_{key}": value for key, value in dense_clip.items() if key != "clip"},
             }
         if writer is not None:
+            k = legible_factor(raw[0].shape[:2])  # narrow frames are drawn larger, so that the text fits
+            big = [enlarge(f, k) for f in raw]
+            view = geometry.enlarged(k)
             lines = [_predictions_line(clip_record), summary.model]
             worst = [_worst_step_line(cfg.num_tokens), _worst_predictions(names), summary.model]
-            if "agreement" in clip_record:
-                a = clip_record["agreement"]
-                lines.insert(1, f"dense: {a['dense_top1']} (total variation to pruned {a['total_variation']:.3f})")
-                worst.insert(2, f"dense: {max(names or ['class 999'], key=len)} (total variation to pruned 0.000)")
-            k = legible_factor(raw[0].shape[:2])  # narrow frames are drawn larger, so that the text fits
-            reserve = _reserve(enlarge(raw[0], k), worst)
-            big = (enlarge(f, k) for f in raw)
-            steps = result.steps
-            for picture in render_vivit_frames(
-                big, geometry.enlarged(k), steps, cfg.tubelet[0], cfg.grid, lines, reserve
-            ):
-                writer.write(rescale(picture, options.out_scale))
+            if dense_clip is not None:
+                tv = clip_record["agreement"]["total_variation"]
+                lines.insert(1, f"total variation to the dense probabilities: {tv:.3f}")
+                worst.insert(2, "total variation to the dense probabilities: 0.000")
+            pictures = render_vivit_frames(
+                big, view, result.steps, cfg.tubelet[0], cfg.grid, lines, _reserve(big[0], worst), start
+            )
+            if dense_clip is not None:
+                dense_lines = [_predictions_line(dense_clip), "the same model without pruning"]
+                dense_worst = [_worst_step_line(cfg.num_tokens), _worst_predictions(names), dense_lines[1]]
+                dense_pictures = render_vivit_frames(
+                    big, view, None, cfg.tubelet[0], cfg.grid, dense_lines, _reserve(big[0], dense_worst), start
+                )
+                pictures = (side_by_side(a, b) for a, b in zip(pictures, dense_pictures, strict=True))
+            for picture in pictures:
+                writer.write(picture)
         yield {"clip_summary": clip_record}  # after its frames are written: a stop here leaves whole clips
         start += len(raw)
 
@@ -542,15 +585,23 @@ def _name(index: int, names: tuple[str, ...] | None) -> str:
     return names[index] if names else f"class {index}"
 
 
+def _top5(probs: Tensor, names: tuple[str, ...] | None) -> dict[str, Any]:
+    """The five likeliest classes: ``top5`` [[index, probability]], ``top5_names``."""
+    top = probs.topk(min(5, probs.numel()))
+    return {
+        "top5": [[int(i), round(float(p), 4)] for p, i in zip(*top, strict=True)],
+        "top5_names": [_name(int(i), names) for i in top.indices],
+    }
+
+
 def _clip_summary(
     c: int, segment: int, probs: Tensor, names: tuple[str, ...] | None, accounting: Accounting, result: Any
 ) -> dict[str, Any]:
-    top = probs.topk(min(5, probs.numel()))
+    """A segment's record: its top-5 classes, compute and time."""
     return {
         "clip": c,
         "source_frames": segment,
-        "top5": [[int(i), round(float(p), 4)] for p, i in zip(*top, strict=True)],
-        "top5_names": [_name(int(i), names) for i in top.indices],
+        **_top5(probs, names),
         "tmacs_per_clip_all_views": accounting.clip_tmacs,
         "ms_all_views": round(1e3 * sum(result.step_seconds or []), 1),
     }

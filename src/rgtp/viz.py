@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "PANEL_COLOUR",
     "add_caption",
     "caption_panel",
     "colormap",
@@ -53,6 +54,8 @@ _INFERNO_ANCHORS = np.array(
 )
 
 _PRUNED_DIM = 0.35
+#: The caption panel's background.
+PANEL_COLOUR = (24, 24, 24)
 _OUTLINE_COLOR = np.array([255, 255, 255], dtype=np.float32)
 _GRID_COLOR = np.array([0, 0, 0], dtype=np.float32)
 
@@ -394,7 +397,7 @@ def caption_panel(
     line_h = round(font_size * 1.25)
     legend_h = line_h * len(_legend_rows(width, font_size)) + pad if legend else 0
     height = 2 * pad + line_h * max(len(wrapped), reserve) + legend_h
-    pil = Image.new("RGB", (width, height), (24, 24, 24))
+    pil = Image.new("RGB", (width, height), PANEL_COLOUR)
     draw = ImageDraw.Draw(pil)
     for n, text in enumerate(wrapped):
         draw.text((pad, pad + n * line_h), text, fill=(255, 255, 255), font=font)
