@@ -706,12 +706,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(results["table"])
-    t = results["targets"]
-    print(
-        f"targets: loss at 60% fewer GMACs {t['loss_at_budget']} (met: {t['target_loss_met']}); "
-        f"RGTP >= baselines at {t['baseline_points_beaten']}/{t['baseline_points_judged']} points "
-        f"(met: {t['target_baselines_met']})"
-    )
+    if args.task != "sweep":
+        from rgtp.bench.tasks import _targets_text
+
+        print(_targets_text(results["targets"]))
     return 0
 
 
@@ -720,12 +718,23 @@ def _add_bench_parser(sub: Any) -> None:
         "bench",
         help="accuracy vs compute of RGTP, its ablations and its peers on small models trained here (offline)",
     )
-    p.add_argument("task", choices=["detection", "action", "pedestrians"])
+    p.add_argument(
+        "task",
+        choices=["detection", "action", "pedestrians", "cuts", "sweep", "agreement"],
+        help="detection: generated shapes; pedestrians: vtest.avi; action: generated motions; cuts: shapes with scene "
+        "cuts; sweep: shapes at camera speeds 0-8 px/frame; agreement: pruned vs dense outputs on real videos",
+    )
     p.add_argument("--out-dir", help="results.json, table.md, plot.png, log/ (default benchmarks/results/bench_TASK)")
     p.add_argument("--weights", help="model weights (default: the ones shipped for the task)")
     p.add_argument("--train", action="store_true", help="train the model first with `rgtp train` (OUT/train)")
-    p.add_argument("--methods", help="comma-separated methods (default: all), e.g. RGTP,Eventful,ToMe,random")
-    p.add_argument("--video", help="pedestrians: path to vtest.avi (OpenCV sample clip; see README)")
+    p.add_argument(
+        "--methods",
+        help="comma-separated methods (default: all but RGTP's ablations; 'all': with them), e.g. RGTP,Eventful,ToMe",
+    )
+    p.add_argument(
+        "--video",
+        help="pedestrians: path to vtest.avi (OpenCV sample clip; see README); agreement: comma-separated videos",
+    )
     p.add_argument("--boxes", help="pedestrians: HOG boxes JSON (default: the shipped benchmarks/data file)")
     p.add_argument("--max-items", type=positive_int, help="only the first N test sequences / clips (quick runs)")
     p.add_argument("--max-frames", type=positive_int, help="detection: only the first N frames of each sequence")

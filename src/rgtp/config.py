@@ -203,6 +203,9 @@ class SelectionConfig:
     tie_break: Literal["stable", "reference"] = "stable"
     box_margin: int = 1
     seed: int = 0  # policy random: the draws of step t are seeded by (seed, t)
+    # Beyond the paper (opt-in): rank tokens by (1 - w) * warped heatmap + w * their share of the change of the
+    # patch embeddings since each token was last processed (a staleness prior; 0: the paper's ranking).
+    change_weight: float = 0.0
 
     def __post_init__(self) -> None:
         from rgtp.runtime.selectors import SELECTORS  # the registry: a registered selector is a valid policy
@@ -213,6 +216,7 @@ class SelectionConfig:
         _check(0.0 < self.keep_ratio <= 1.0, f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         _check(0.0 < self.fg_ratio <= 1.0, f"fg_ratio must be in (0, 1], got {self.fg_ratio}")
         _check(0.0 <= self.bg_ratio <= 1.0, f"bg_ratio must be in [0, 1], got {self.bg_ratio}")
+        _check(0.0 <= self.change_weight <= 1.0, f"change_weight must be in [0, 1], got {self.change_weight}")
 
 
 @dataclass(frozen=True)
@@ -222,11 +226,36 @@ class ScheduleConfig:
     reset_every: int | None = 8  # steps t > 0 with t % reset_every == 0 are reset steps (None: never)
     reset_mode: Literal["full", "grid"] = "full"  # full: process every token; grid: keep a fixed pattern
     grid_pattern: Literal["1in2", "1in4", "1in9"] = "1in4"  # the pattern of grid reset steps
+    # Beyond the paper (opt-in; the defaults are the paper's schedule):
+    # refresh: how tokens are refreshed between pruned steps. reset: the reset steps above (the paper). staggered:
+    # no reset step after step 0; every pruned step also keeps the ceil(N / reset_every) tokens processed longest
+    # ago, so no token's output is more than reset_every steps old and every step costs the same.
+    refresh: Literal["reset", "staggered"] = "reset"
+    # trigger: a reset step as soon as the patch embeddings have changed by this much since the last reset step
+    # (the sum over steps of the mean relative change of each token's embedding, see
+    # rgtp.pruning.schedule.embedding_change): scene cuts and fast camera motion get a reset at once, a static
+    # camera none. reset_every stays the longest interval between resets (None: triggers only). None: no trigger.
+    trigger: float | None = None
+    # cut: a reset step when this step's change alone reaches it (a scene cut: about 1 and more; camera motion stays
+    # far below). None: no cut detection.
+    cut: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.reset_every is None or self.reset_every >= 1, "reset_every must be >= 1 or None")
         _one_of("reset_mode", self.reset_mode, ("full", "grid"))
         _one_of("grid_pattern", self.grid_pattern, ("1in2", "1in4", "1in9"))
+        _one_of("refresh", self.refresh, ("reset", "staggered"))
+        _check(
+            self.refresh != "staggered" or self.reset_every is not None,
+            "refresh 'staggered' needs reset_every (the longest a token may go unprocessed)",
+        )
+        _check(self.trigger is None or self.trigger > 0, f"trigger must be > 0 or None, got {self.trigger}")
+        _check(self.cut is None or self.cut > 0, f"cut must be > 0 or None, got {self.cut}")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the schedule goes beyond the paper's fixed reset steps (staggered refresh, a trigger, cuts)."""
+        return self.refresh != "reset" or self.trigger is not None or self.cut is not None
 
 
 @dataclass(frozen=True)
@@ -270,6 +299,13 @@ class RGTPConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # What a pruned token's buffered outputs hold (beyond the paper, opt-in). stale: its whole output when it was
+    # last processed (the paper). fresh: this step's residual stream after block 0's attention (which every token
+    # passes) plus the change the later blocks made to it when it was last processed.
+    pruned_output: Literal["stale", "fresh"] = "stale"
+
+    def __post_init__(self) -> None:
+        _one_of("pruned_output", self.pruned_output, ("stale", "fresh"))
 
 
 @dataclass(frozen=True)

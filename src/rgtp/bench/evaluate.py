@@ -30,9 +30,17 @@ from rgtp.models.vitdet import ViTDet, preprocess_frame
 from rgtp.models.vivit import ViViT, predict_views
 from rgtp.progress import progress_bar
 from rgtp.runtime.driver import run_clip, stream
-from rgtp.timing import Case, device_sync, measure_interleaved, summarize
+from rgtp.timing import Case, device_sync, measure_interleaved, stopwatch, summarize
 
-__all__ = ["ClipSet", "FrameSet", "evaluate_action", "evaluate_detection", "prepare_clips", "prepare_frames"]
+__all__ = [
+    "ClipSet",
+    "FrameSet",
+    "dense_reference",
+    "evaluate_action",
+    "evaluate_detection",
+    "prepare_clips",
+    "prepare_frames",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,16 +100,31 @@ def _detect_all(variant: Variant, model: ViTDet, frames: FrameSet, bar: Any) -> 
     }
 
 
-def _play_frames(variant: Variant, model: ViTDet, frames: FrameSet, count: int) -> int:
+def dense_reference(model: ViTDet, frames: FrameSet, score: float = 0.5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The dense model's detections scoring ``score`` or more on every frame, in sequence order, in the frames'
+    pixels: (boxes (M, 4), labels (M,)) per frame, the reference of a label-free agreement check."""
+    runner = build_variant(Variant("dense", "", None), model)
+    reference = []
+    with torch.no_grad():
+        for sequence in frames.sequences:
+            for tick in stream(runner, (image[None] for image, _ in sequence)):
+                det, scale = tick.output.detections[0], sequence[tick.index][1]
+                sure = det.scores >= score
+                reference.append(((det.boxes[sure].float() / scale).numpy(), det.labels[sure].numpy()))
+    return reference
+
+
+def _play_frames(variant: Variant, model: ViTDet, frames: FrameSet, count: int) -> list[float]:
     """Run the first ``count`` frames of the first sequence(s), each sequence from a fresh state (a timing
-    workload); returns the frames run."""
+    workload); returns each frame's milliseconds (device synchronised around every step)."""
     runner = build_variant(variant, model)
-    done = 0
+    ms: list[float] = []
     for sequence in frames.sequences:
-        done += sum(1 for _ in stream(runner, (image[None] for image, _ in sequence[: count - done])))
-        if done >= count:
+        images = (image[None] for image, _ in sequence[: count - len(ms)])
+        ms += [1e3 * tick.seconds for tick in stream(runner, images, timed=True)]
+        if len(ms) >= count:
             break
-    return done
+    return ms
 
 
 def evaluate_detection(
@@ -175,14 +198,17 @@ def _classify_all(variant: Variant, model: ViViT, clips: ClipSet, batch: int, ba
     }
 
 
-def _play_clips(variant: Variant, model: ViViT, clips: ClipSet, count: int) -> int:
+def _play_clips(variant: Variant, model: ViViT, clips: ClipSet, count: int) -> list[float]:
     """Run the first ``count`` clips (all their views), one clip at a time as a stream would (a timing workload);
-    returns the clips run."""
+    returns each clip's milliseconds."""
     runner = build_variant(variant, model)
     inputs = [clips.batch(i, i + 1) for i in range(min(count, len(clips)))]
+    ms = []
     for x in inputs:
-        run_clip(runner, x)
-    return len(inputs)
+        with stopwatch(x.device) as elapsed:
+            run_clip(runner, x)
+        ms.append(1e3 * elapsed[0])
+    return ms
 
 
 def evaluate_action(
@@ -240,20 +266,22 @@ def _evaluate(
             records[variant.name] = record
             logger.info("%s: accuracy %.2f, %.4f GMACs per %s", variant.name, record["accuracy"], record["gmacs"], unit)
         timings = _timings(variants, log, done, play, rounds)
-    for name, ms in timings.items():
-        records[name][f"ms_per_{unit}"] = ms
+    for name, (ms, p50, p95) in timings.items():
+        records[name].update({f"ms_per_{unit}": ms, f"p50_ms_per_{unit}": p50, f"p95_ms_per_{unit}": p95})
     return [records[v.name] for v in variants]
 
 
 def _timings(
     variants: Sequence[Variant], log: ResultLog, done: dict[str, Any], play: Any, rounds: int
-) -> dict[str, float]:
-    """Median over rounds of each variant's time per unit; every round times all variants in turn with
-    :func:`rgtp.timing.measure_interleaved` (device synchronised; one warm-up round first), logged per round."""
+) -> dict[str, tuple[float, float, float]]:
+    """Per variant: (median over rounds of its mean time per unit, p50 and p95 of its per-unit times over all
+    rounds). Every round times all variants in turn with :func:`rgtp.timing.measure_interleaved` (device
+    synchronised; one warm-up round first) and is logged with each unit's time."""
     if rounds <= 0:
         return {}
-    samples: dict[str, list[float]] = {v.name: [] for v in variants}
-    units: dict[str, int] = {}
+    means: dict[str, list[float]] = {v.name: [] for v in variants}
+    each: dict[str, list[float]] = {v.name: [] for v in variants}
+    units: dict[str, list[float]] = {}
 
     def case(v: Variant) -> Case:
         return Case(v.name, lambda _: units.__setitem__(v.name, play(v)))
@@ -261,13 +289,22 @@ def _timings(
     warmup = 1
     for r in range(rounds):
         key = f"time/{r}"
-        if key in done and set(done[key]["ms"]) >= set(samples):
-            row = done[key]["ms"]
+        if key in done and set(done[key].get("unit_ms", {})) >= set(means):
+            row, unit_ms = done[key]["ms"], done[key]["unit_ms"]
         else:
             taken = measure_interleaved([case(v) for v in variants], warmup, 1, device_sync())
-            row = {name: ms[0] / max(units[name], 1) for name, ms in taken.items()}  # per frame or clip
-            log.append(key, {"ms": row})
+            row = {name: ms[0] / max(len(units[name]), 1) for name, ms in taken.items()}  # per frame or clip
+            unit_ms = {name: [round(t, 3) for t in units[name]] for name in taken}
+            log.append(key, {"ms": row, "unit_ms": unit_ms})
             warmup = 0
-        for name in samples:
-            samples[name].append(row[name])
-    return {name: summarize(values).median_ms for name, values in samples.items()}
+        for name in means:
+            means[name].append(row[name])
+            each[name] += unit_ms[name]
+    return {
+        name: (
+            summarize(means[name]).median_ms,
+            float(np.percentile(each[name], 50)),
+            float(np.percentile(each[name], 95)),
+        )
+        for name in means
+    }

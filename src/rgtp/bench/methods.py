@@ -22,18 +22,30 @@ from rgtp.runtime.methods import make_runner
 __all__ = [
     "ABLATIONS",
     "BASELINES",
+    "VARIANTS_ACTION",
+    "VARIANTS_DETECTION",
     "Variant",
+    "action_plus",
     "action_variants",
     "build_variant",
+    "detection_plus",
     "detection_variants",
     "select_methods",
 ]
 
 #: Methods the targets compare RGTP against (the ablations are reported but are not competitors).
 BASELINES = ("Eventful", "ToMe", "random", "uniform", "MaskVD boxes")
+#: Ablations of the paper's RGTP: measured with ``--methods all`` (or by name), not by default.
 ABLATIONS = ("RGTP no tracking", "RGTP mean fusion", "RGTP no reset", "RGTP 2x resets")
+#: RGTP beyond the paper (opt-in config settings, see rgtp.config): the variants the targets judge with the paper's.
+VARIANTS_DETECTION = ("RGTP fresh", "RGTP staggered", "RGTP triggered", "RGTP+")
+VARIANTS_ACTION = ("RGTP staggered", "RGTP triggered", "RGTP+")
 
 RGTP_KEEPS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+VARIANT_KEEPS = (0.05, 0.1, 0.2, 0.3, 0.5)
+TRIGGER = 1.0  # accumulated embedding drift that triggers a reset: 7-20 frames of a moving camera
+CUT = 0.5  # one step's embedding change that is a scene cut (cuts measure 1-2; camera motion 0.05-0.2 per frame)
+CHANGE_WEIGHT = 0.3  # the change prior's share of the ranking
 SUBSET_KEEPS = (0.15, 0.2, 0.3, 0.4, 0.5)
 EVENTFUL_KEEPS = (0.1, 0.2, 0.3, 0.4, 0.5)
 TOME_KEEPS = (0.1, 0.2, 0.35, 0.5, 0.7)
@@ -80,6 +92,66 @@ def _twice_the_resets(cfg: RGTPConfig) -> RGTPConfig:
     return dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, reset_every=max(1, every // 2)))
 
 
+def _fresh(cfg: RGTPConfig) -> RGTPConfig:
+    return dataclasses.replace(cfg, pruned_output="fresh")
+
+
+def _schedule(cfg: RGTPConfig, **changes: Any) -> RGTPConfig:
+    return dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, **changes))
+
+
+def staggered(cfg: RGTPConfig, every: int) -> RGTPConfig:
+    """No reset step after the first; every step refreshes the tokens processed longest ago (none older than
+    ``every`` steps)."""
+    return _schedule(cfg, refresh="staggered", reset_every=every)
+
+
+def triggered(cfg: RGTPConfig, every: int | None = None) -> RGTPConfig:
+    """Reset steps on scene cuts and when the embeddings have drifted by ``TRIGGER`` since the last one (and at
+    most every ``every`` steps)."""
+    return _schedule(cfg, trigger=TRIGGER, cut=CUT, reset_every=every)
+
+
+def priors(cfg: RGTPConfig, margin: int = 1) -> RGTPConfig:
+    """The previous frame's boxes (grown by ``margin``) ranked first, and the change prior in the ranking."""
+    selection = dataclasses.replace(
+        cfg.selection, policy="rollout_boxes", box_margin=margin, change_weight=CHANGE_WEIGHT
+    )
+    return dataclasses.replace(cfg, selection=selection)
+
+
+def detection_plus(cfg: RGTPConfig) -> RGTPConfig:
+    """RGTP+ for detection, what we recommend: fresh outputs; the previous boxes and the change of each token since
+    it was last processed as priors of the ranking; staggered refresh (no token older than 32 frames) instead of
+    full frames; a full frame on scene cuts."""
+    return _schedule(priors(_fresh(cfg)), refresh="staggered", reset_every=32, cut=CUT)
+
+
+def _beyond_detection(base: RGTPConfig) -> list[Variant]:
+    changes = (_fresh, lambda c: staggered(_fresh(c), 16), lambda c: triggered(_fresh(c)), detection_plus)
+    out = []
+    for name, change in zip(VARIANTS_DETECTION, changes, strict=True):
+        out += [Variant(name, f"keep {r:g}", change(_keep(base, r))) for r in VARIANT_KEEPS]
+    return out
+
+
+def action_plus(cfg: RGTPConfig) -> RGTPConfig:
+    """RGTP+ for classification: the change prior in the ranking, staggered refresh (no token older than the
+    preset's reset interval) and a grid reset on scene cuts."""
+    every = cfg.schedule.reset_every or 4
+    selection = dataclasses.replace(cfg.selection, change_weight=CHANGE_WEIGHT)
+    return _schedule(dataclasses.replace(cfg, selection=selection), refresh="staggered", reset_every=every, cut=CUT)
+
+
+def _beyond_action(base: RGTPConfig) -> list[Variant]:
+    every = base.schedule.reset_every or 4
+    changes = (lambda c: staggered(c, every), lambda c: triggered(c, every=2 * every), action_plus)
+    out = []
+    for name, change in zip(VARIANTS_ACTION, changes, strict=True):
+        out += [Variant(name, f"keep {r:g}", change(_keep(base, r))) for r in VARIANT_KEEPS]
+    return out
+
+
 def _common_variants(base: RGTPConfig) -> list[Variant]:
     """Dense, RGTP, its ablations, the naive subsets, Eventful and ToMe (both families)."""
     out = [Variant("dense", "", None)]
@@ -108,20 +180,23 @@ def detection_variants(base: RGTPConfig) -> list[Variant]:
     boxes = [
         Variant("MaskVD boxes", f"margin {m}", _keep(base, 1.0, policy="boxes", box_margin=m)) for m in BOX_MARGINS
     ]
-    return _common_variants(base) + boxes
+    return _common_variants(base) + boxes + _beyond_detection(base)
 
 
 def action_variants(base: RGTPConfig) -> list[Variant]:
     """Every action-recognition variant; ``base`` is the task's RGTP preset (the paper's ViViT settings)."""
-    return _common_variants(base)
+    return _common_variants(base) + _beyond_action(base)
 
 
 def select_methods(variants: Sequence[Variant], methods: Sequence[str] | None) -> list[Variant]:
-    """The variants of the named methods (case-insensitive; None: all). Dense is always kept (the reference)."""
-    if not methods:
+    """The variants of the named methods (case-insensitive; None: all but the ablations; ``all``: every one).
+    Dense is always kept (the reference)."""
+    wanted = {m.strip().lower() for m in methods or () if m.strip()}
+    if not wanted:
+        return [v for v in variants if v.method not in ABLATIONS]
+    if "all" in wanted:
         return list(variants)
     known = {v.method.lower() for v in variants}
-    wanted = {m.strip().lower() for m in methods if m.strip()}
     unknown = sorted(wanted - known)
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known)}")

@@ -100,6 +100,32 @@ class DetectionSet:
         }
 
 
+def with_cuts(data: DetectionSet, every: int) -> DetectionSet:
+    """The same frames cut every ``every`` frames, as an edited video is: sequence i shows segment k of sequence
+    (i + k) mod n, so each sequence jumps to another scene (another background, other objects) at every cut.
+
+    Every sequence must have the same length; the result has the same sequences count, frames and annotations.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    lengths = {len(s) for s in data.sequences}
+    if len(lengths) > 1:
+        raise ValueError(f"scene cuts need sequences of one length, got {sorted(lengths)}")
+    n, length = len(data.sequences), lengths.pop() if lengths else 0
+    cut = []
+    for i in range(n):
+        parts = [data.sequences[(i + k // every) % n].slice(k, min(k + every, length)) for k in range(0, length, every)]
+        cut.append(
+            DetSequence(
+                f"{data.sequences[i].name}_cut{every}",
+                np.concatenate([p.frames for p in parts]),
+                tuple(b for p in parts for b in p.boxes),
+                tuple(lab for p in parts for lab in p.labels),
+            )
+        )
+    return DetectionSet(data.name, data.split, data.classes, tuple(cut))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Sets by name
 

@@ -355,12 +355,17 @@ class _Rendered:
 
 
 def _render(
-    name: str, rng: np.random.Generator, classes: Iterator[int], length: int, size: tuple[int, int]
+    name: str,
+    rng: np.random.Generator,
+    classes: Iterator[int],
+    length: int,
+    size: tuple[int, int],
+    pan: tuple[float, float] = _PAN,
 ) -> _Rendered:
     """Draw one sequence: background, objects in z-order, then the boxes of the visible pixels."""
     height, width = size
     mid = (length - 1) / 2
-    canvas = _camera_background(rng, length, height, width, _PAN, _ZOOM)
+    canvas = _camera_background(rng, length, height, width, pan, _ZOOM)
     objects = _make_objects(rng, classes, length, height, width)
     ids = np.full((length, height, width), -1, dtype=np.int16)
     areas = np.zeros((length, len(objects)), dtype=np.int64)
@@ -397,7 +402,12 @@ def _split_id(split: str) -> int:
 
 
 def _render_split(
-    split: str, num_sequences: int | None, length: int | None, seed: int, size: tuple[int, int]
+    split: str,
+    num_sequences: int | None,
+    length: int | None,
+    seed: int,
+    size: tuple[int, int],
+    pan: tuple[float, float] = _PAN,
 ) -> Iterator[_Rendered]:
     """The split's sequences in order (see :func:`make_shapes_split`)."""
     sid, default_n, default_len = SHAPES_SPLITS[split][0], SHAPES_SPLITS[split][1], SHAPES_SPLITS[split][2]
@@ -408,7 +418,7 @@ def _render_split(
     classes = _class_stream(np.random.default_rng(np.random.SeedSequence([_TAG, seed, sid, 2])))
     for i in range(n):
         rng = np.random.default_rng(np.random.SeedSequence([_TAG, seed, sid, 1, i]))
-        yield _render(f"shapes_{split}_{i:04d}", rng, classes, length, size)
+        yield _render(f"shapes_{split}_{i:04d}", rng, classes, length, size, pan)
 
 
 def make_shapes_split(
@@ -417,6 +427,7 @@ def make_shapes_split(
     length: int | None = None,
     seed: int = 0,
     size: tuple[int, int] = (160, 256),
+    pan: float | None = None,
 ) -> DetectionSet:
     """Generate a split of the shapes detection set (see the module docstring for the process and the box rule).
 
@@ -427,13 +438,18 @@ def make_shapes_split(
         length: Frames per sequence (None: the split's default).
         seed: Equal seeds give identical sets.
         size: (height, width) of the frames.
+        pan: The camera's pan speed in px/frame (direction and the slow zoom still random); None: drawn in
+            0.2-1.5 per sequence (the default set).
 
     Returns:
         A :class:`DetectionSet` named "shapes" with classes :data:`SHAPES_CLASSES`; sequences named
         ``shapes_<split>_<i:04d>``.
     """
     _split_id(split)
-    sequences = tuple(r.sequence for r in _render_split(split, num_sequences, length, seed, size))
+    if pan is not None and pan < 0:
+        raise ValueError(f"pan must be >= 0 px/frame, got {pan}")
+    speeds = _PAN if pan is None else (pan, pan)
+    sequences = tuple(r.sequence for r in _render_split(split, num_sequences, length, seed, size, speeds))
     result = DetectionSet("shapes", split, SHAPES_CLASSES, sequences)
     boxes = sum(len(b) for s in sequences for b in s.boxes)
     logger.info(

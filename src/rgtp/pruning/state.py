@@ -84,6 +84,11 @@ class RGTPState(StreamState):
         attn_rows: per global block index, the (B, n, n) fused attention rows of grid models' rollout
             (n = N, or N / pool**2 for the pooled rollout).
         grid: the (h, w) token grid of step t-1 (a stream keeps one size between full steps).
+        age: (B, N) steps since each token was last processed (staggered refresh only; None otherwise).
+        drift: (B,) change of the patch embeddings accumulated since the last reset step (change-triggered resets
+            only; None otherwise).
+        since_reset: steps since the last reset step (adaptive schedules only).
+        reference: (B, N, C) each token's patch embedding when it was last processed (the change prior only).
     """
 
     importance: Tensor | None = None
@@ -92,3 +97,7 @@ class RGTPState(StreamState):
     outputs: dict[int, Tensor] = field(default_factory=dict)
     attn_rows: dict[int, Tensor] = field(default_factory=dict)
     grid: tuple[int, int] | None = None
+    age: Tensor | None = None
+    drift: Tensor | None = None
+    since_reset: int = 0
+    reference: Tensor | None = None

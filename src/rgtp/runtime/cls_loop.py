@@ -19,10 +19,20 @@ from rgtp.flops import scope
 from rgtp.models.attention import attend
 from rgtp.models.protocol import ClassModel, mlp_residual
 from rgtp.pruning.rollout import fuse_heads, normalize_sum, rollout_relevance
-from rgtp.pruning.schedule import FrameKind, frame_kind
+from rgtp.pruning.schedule import FrameKind
 from rgtp.pruning.selection import complement, match_pruned
 from rgtp.pruning.state import RGTPState
-from rgtp.runtime.common import check_stream, fill_pruned, gather_tokens, one_hot_first, prefix_rows, scatter_rows_
+from rgtp.runtime.common import (
+    advance_schedule,
+    check_stream,
+    fill_pruned,
+    gather_tokens,
+    one_hot_first,
+    prefix_rows,
+    remember_processed,
+    scatter_rows_,
+    schedule_kind,
+)
 from rgtp.runtime.contract import ClassStep
 from rgtp.runtime.selectors import Guide, Selector, build_selector, plan_tokens
 
@@ -59,14 +69,15 @@ class RGTPClass:
         """One step of every stream in the batch (the model's inputs: ViViT, (B, N, C) tubelet embeddings before
         positions; image models, (B, 3, H, W) preprocessed frames)."""
         cfg, model, p = self.cfg, self.model, self.model.num_prefix
-        kind = frame_kind(state.t, cfg.schedule.reset_every, cfg.schedule.reset_mode)
         embeds, grid = model.embed(inputs)  # (B, N, C)
+        kind, drift = schedule_kind(cfg.schedule, state, embeds)
         check_stream(state, embeds, grid, kind)
         x = model.tokens(embeds, grid)  # (B, P + N, C)
         blk, rollout = model.blocks[0], self.selector.uses_rollout
         need_keys = rollout and kind is not FrameKind.FULL and cfg.rollout.pruned_fill == "match"
         att = attend(blk.spec, blk.qkv(blk.norm1(x)), None, need_probs=rollout, need_keys=need_keys)
         x = x + blk.proj(att.out)
+        base = x if cfg.pruned_output == "fresh" and model.dense_output else None  # (B, P + N, C)
         prune = match = None
         fused: list[Tensor] = []
         with scope("rgtp"):
@@ -85,25 +96,34 @@ class RGTPClass:
                 with scope("rgtp"):
                     fused.append(fuse_heads(att.probs, cfg.rollout.head_fusion))  # (B, P + K, P + K)
             x = mlp_residual(blk, x + blk.proj(att.out))
-        pooled, tokens = model.finish(self._whole(state, x, keep) if model.dense_output else x)
+        pooled, tokens = model.finish(self._whole(state, x, keep, base) if model.dense_output else x)
 
         with scope("rgtp"):
             importance = self.selector.guide(Guide(lambda: self._importance(fused, keep, prune, state, match), None))
         num_kept = embeds.shape[1] if keep is None else keep.shape[1]
         out = ClassStep(state.t, kind, num_kept, keep, scores, importance, pooled, tokens)
+        advance_schedule(cfg.schedule, state, kind, keep, drift, embeds)
+        if cfg.selection.change_weight > 0:
+            remember_processed(state, keep, embeds)
         state.importance, state.features, state.grid, state.t = importance, embeds, grid, state.t + 1
         return out
 
-    def _whole(self, state: RGTPState, x: Tensor, keep: Tensor | None) -> Tensor:
-        """Every token's output (B, P + N, C): the kept ones from x (B, P + K, C), the pruned ones from the buffer."""
+    def _whole(self, state: RGTPState, x: Tensor, keep: Tensor | None, base: Tensor | None = None) -> Tensor:
+        """Every token's output (B, P + N, C): the kept ones from x (B, P + K, C), the pruned ones from the buffer.
+
+        With ``base`` ((B, P + N, C) every token after block 0's attention; fresh outputs) the buffer holds the
+        change from the base, and a pruned token's output is this step's base plus its last change."""
         last = len(self.model.blocks) - 1
-        if keep is None:
+        rows = None if keep is None else prefix_rows(keep, self.model.num_prefix)  # (B, P + K)
+        if base is not None:
+            x = x - (base if rows is None else gather_tokens(base, rows))  # the change (B, P + K, C)
+        if rows is None:
             state.outputs[last] = x.clone()  # the buffer is updated in place later; x is returned
-            return x
+            return x if base is None else base + x
         if last not in state.outputs:
             raise RuntimeError("the output buffer is empty: the stream must start with a full step (reset())")
-        rows = prefix_rows(keep, self.model.num_prefix)  # (B, P + K)
-        return scatter_rows_(state.outputs[last], rows, x).clone()  # (B, P + N, C), not the buffer itself
+        whole = scatter_rows_(state.outputs[last], rows, x)  # (B, P + N, C)
+        return whole.clone() if base is None else base + whole  # not the buffer itself
 
     def _importance(
         self,

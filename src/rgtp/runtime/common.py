@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rgtp.config import RGTPConfig
-from rgtp.pruning.schedule import FrameKind
+from rgtp.config import RGTPConfig, ScheduleConfig
+from rgtp.pruning.schedule import FrameKind, adaptive_kind, embedding_change, frame_kind
 from rgtp.pruning.selection import fg_bg_count, grid_pattern
 from rgtp.pruning.state import RGTPState
 
 __all__ = [
+    "advance_schedule",
     "buffered",
     "check_stream",
     "fill_pruned",
@@ -18,7 +19,9 @@ __all__ = [
     "kept_count",
     "one_hot_first",
     "prefix_rows",
+    "remember_processed",
     "scatter_rows_",
+    "schedule_kind",
 ]
 
 
@@ -99,3 +102,52 @@ def check_stream(state: RGTPState, embeds: Tensor, grid: tuple[int, int], kind: 
             f"({tuple(state.features.shape)} on {state.grid}): one stream has one batch and frame size "
             "(reset() between videos)"
         )
+
+
+def schedule_kind(cfg: ScheduleConfig, state: RGTPState, embeds: Tensor) -> tuple[FrameKind, Tensor | None]:
+    """The scheduled kind of this step and the embedding drift it would leave (None without a trigger).
+
+    The paper's schedule (:func:`~rgtp.pruning.schedule.frame_kind`) unless ``cfg.adaptive``; then
+    :func:`~rgtp.pruning.schedule.adaptive_kind` from the stream's steps since its last reset and its accumulated
+    embedding change (embeds: (B, N, C) patch embeddings of this step before positions).
+    """
+    if not cfg.adaptive:
+        return frame_kind(state.t, cfg.reset_every, cfg.reset_mode), None
+    drift = None
+    peak = step = 0.0
+    previous = state.features
+    if (cfg.trigger or cfg.cut) and previous is not None and previous.shape == embeds.shape:
+        change = embedding_change(embeds, previous)  # (B,)
+        drift = change if state.drift is None else state.drift + change
+        peak, step = float(drift.max()), float(change.max())
+    since = state.since_reset + 1
+    kind = adaptive_kind(state.t, since, peak, cfg.reset_every, cfg.reset_mode, cfg.refresh, cfg.trigger, step, cfg.cut)
+    return kind, drift if cfg.trigger is not None else None
+
+
+def advance_schedule(
+    cfg: ScheduleConfig, state: RGTPState, kind: FrameKind, keep: Tensor | None, drift: Tensor | None, embeds: Tensor
+) -> None:
+    """After a step of ``kind`` that processed ``keep`` ((B, K); None: every token of embeds (B, N, C)), update what
+    adaptive schedules carry: steps since the last reset, the accumulated drift, each token's age (staggered)."""
+    if not cfg.adaptive:
+        return
+    reset = kind in (FrameKind.FULL, FrameKind.GRID)  # (GRID: the kept pattern of a grid reset)
+    state.since_reset = 0 if reset else state.since_reset + 1
+    if cfg.trigger is not None:
+        state.drift = None if reset else drift
+    if cfg.refresh == "staggered":
+        if keep is None or state.age is None:
+            state.age = torch.zeros(embeds.shape[:2], dtype=torch.int32, device=embeds.device)  # (B, N)
+        if keep is not None:
+            state.age += 1
+            state.age.scatter_(1, keep, 0)
+
+
+def remember_processed(state: RGTPState, keep: Tensor | None, embeds: Tensor) -> None:
+    """Record the patch embeddings (B, N, C) of the tokens this step processed ((B, K); None: all): the change
+    prior's reference."""
+    if keep is None or state.reference is None:
+        state.reference = embeds.clone()
+    else:
+        scatter_rows_(state.reference, keep, gather_tokens(embeds, keep))

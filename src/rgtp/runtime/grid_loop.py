@@ -31,10 +31,19 @@ from rgtp.pruning.rollout import (
     rollout_relevance,
     upsample_grid,
 )
-from rgtp.pruning.schedule import FrameKind, frame_kind
+from rgtp.pruning.schedule import FrameKind
 from rgtp.pruning.selection import complement, match_pruned
 from rgtp.pruning.state import RGTPState
-from rgtp.runtime.common import buffered, check_stream, fill_pruned, gather_tokens, scatter_rows_
+from rgtp.runtime.common import (
+    advance_schedule,
+    buffered,
+    check_stream,
+    fill_pruned,
+    gather_tokens,
+    remember_processed,
+    scatter_rows_,
+    schedule_kind,
+)
 from rgtp.runtime.contract import GridStep
 from rgtp.runtime.selectors import Guide, Selector, build_selector, plan_tokens
 
@@ -115,8 +124,8 @@ class RGTPGrid(GridRunner):
     def step(self, images: Tensor, state: RGTPState) -> GridStep:
         """Process one frame of each stream in the batch: (B, 3, H, W) preprocessed images."""
         cfg, blocks = self.cfg, self.model.blocks
-        kind = frame_kind(state.t, cfg.schedule.reset_every, cfg.schedule.reset_mode)
         embeds, grid = self.model.embed(images)  # (B, N, C)
+        kind, drift = schedule_kind(cfg.schedule, state, embeds)
         check_pool(grid, cfg.rollout.pool)
         check_stream(state, embeds, grid, kind)
         x = with_position(embeds, self.model.position(grid))
@@ -130,13 +139,14 @@ class RGTPGrid(GridRunner):
         )
         keys0 = att.keys  # (B, N, d) head-averaged keys of block 0, to match pruned tokens to kept ones
         x = x + blk.proj(att.out)
+        base = x if cfg.pruned_output == "fresh" else None  # (B, N, C): every token's stream after attention 0
         with scope("rgtp"):
             if blk.spec.is_global and rollout:
                 self._record_rows(state, 0, att.probs, None, grid)
             keep, scores, kind = plan_tokens(kind, self.selector, state, embeds, grid, cfg)
         if keep is not None:
             x = gather_tokens(x, keep)  # (B, K, C)
-        x = self._output(buffers, state, 0, mlp_residual(blk, x), keep)
+        x = self._output(buffers, state, 0, mlp_residual(blk, x), keep, base)
 
         # Blocks 1..: kept tokens only, with buffered qkv for the others.
         for i in range(1, len(blocks)):
@@ -146,7 +156,7 @@ class RGTPGrid(GridRunner):
             if blk.spec.is_global and rollout:
                 with scope("rgtp"):
                     self._record_rows(state, i, att.probs, keep, grid)
-            x = self._output(buffers, state, i, mlp_residual(blk, x + blk.proj(att.out)), keep)
+            x = self._output(buffers, state, i, mlp_residual(blk, x + blk.proj(att.out)), keep, base)
 
         features, detections = self.outputs(buffers, grid)
         with scope("rgtp"):
@@ -157,13 +167,32 @@ class RGTPGrid(GridRunner):
             importance = self.selector.guide(guide)
         num_kept = embeds.shape[1] if keep is None else keep.shape[1]
         out = GridStep(state.t, kind, num_kept, keep, scores, importance, features, detections)
+        advance_schedule(cfg.schedule, state, kind, keep, drift, embeds)
+        if cfg.selection.change_weight > 0:
+            remember_processed(state, keep, embeds)
         state.importance, state.features, state.grid, state.t = importance, embeds, grid, state.t + 1
         return out
 
-    def _output(self, buffers: dict[int, Tensor], state: RGTPState, i: int, x: Tensor, keep: Tensor | None) -> Tensor:
-        """Buffer block i's output when the model reads it (whole grid); returns x unchanged."""
+    def _output(
+        self,
+        buffers: dict[int, Tensor],
+        state: RGTPState,
+        i: int,
+        x: Tensor,
+        keep: Tensor | None,
+        base: Tensor | None = None,
+    ) -> Tensor:
+        """Buffer block i's output when the model reads it (whole grid); returns x unchanged.
+
+        With ``base`` (fresh outputs: (B, N, C) every token's stream after block 0's attention), the buffer holds
+        each token's output minus its base when it was last processed, and the model reads this step's base plus
+        that change (exactly the output for the tokens processed now)."""
         if i in self.model.output_blocks:
-            buffers[i] = buffered(state.outputs, i, x, keep)
+            if base is None:
+                buffers[i] = buffered(state.outputs, i, x, keep)
+            else:
+                delta = x - (base if keep is None else gather_tokens(base, keep))  # (B, K, C)
+                buffers[i] = base + buffered(state.outputs, i, delta, keep)
         return x
 
     def _record_rows(

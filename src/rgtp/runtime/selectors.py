@@ -8,6 +8,8 @@ through exactly the same buffers and schedule:
 * ``rollout``: the method. The previous step's rollout heatmap, warped onto this frame by token tracking, then
   foreground/background sampling (spec §5-7).
 * ``uniform`` / ``random``: subsets of the same size, evenly spaced (shifted every step) or drawn per step.
+* ``rollout_boxes`` (grid models with a detection head; beyond the paper): the method, with the previous frame's box
+  tokens ranked first.
 * ``boxes`` (grid models with a detection head): the tokens inside the previous frame's boxes, grown by a margin
   (MaskVD-style; no rollout). How many depends on the detections.
 * :class:`ForcedSelector`: a caller's function returning the kept indices, e.g. to replay another implementation's
@@ -26,7 +28,7 @@ from torch import Tensor
 
 from rgtp.config import RGTPConfig
 from rgtp.pruning.rollout import normalize_sum
-from rgtp.pruning.schedule import FrameKind
+from rgtp.pruning.schedule import FrameKind, staggered_count, stalest_tokens
 from rgtp.pruning.selection import (
     box_tokens,
     fg_bg_count,
@@ -133,6 +135,9 @@ class RolloutSelector(Selector):
         scores = warp_importance(
             importance, choice.embeds, features, grid, track.radius, track.rel_threshold_pct, track.out_of_grid
         )
+        if sel.change_weight > 0 and choice.state.reference is not None:
+            change = normalize_sum((choice.embeds - choice.state.reference).norm(dim=-1))  # (B, N)
+            scores = (1 - sel.change_weight) * scores + sel.change_weight * change
         keep = select_fg_bg(
             scores,
             choice.num_fg,
@@ -192,6 +197,21 @@ class BoxSelector(Selector):
         return normalize_sum(box_tokens(guide.anchors(), self.margin).float())  # (B, N)
 
 
+class RolloutBoxSelector(RolloutSelector):
+    """The method with the previous frame's boxes as a prior (detection; beyond the paper): the tokens inside the
+    boxes (grown by ``selection.box_margin``) rank above every other token of the warped heatmap, so they are kept
+    first, and the rollout chooses the rest of the same budget. The box tokens are carried to this frame by the same
+    tracking as the heatmap."""
+
+    needs_anchors = True
+
+    def guide(self, guide: Guide) -> Tensor | None:
+        assert guide.anchors is not None, "the box prior needs detections"
+        heat = guide.rollout()  # (B, N), sums to 1: every value <= 1
+        boxes = box_tokens(guide.anchors(), self.cfg.selection.box_margin).to(heat.dtype)  # (B, N) 0/1
+        return normalize_sum(heat + boxes)
+
+
 class ForcedSelector(Selector):
     """Kept tokens chosen by a caller: ``fn(t, embeds, grid)`` returns (B, K) or (K,) distinct indices of the patch
     tokens.
@@ -222,6 +242,7 @@ SELECTORS: dict[str, Callable[[RGTPConfig], Selector]] = {
     "uniform": UniformSelector,
     "random": RandomSelector,
     "boxes": BoxSelector,
+    "rollout_boxes": RolloutBoxSelector,
 }
 
 
@@ -259,6 +280,11 @@ def plan_tokens(
         return keep.expand(embeds.shape[0], -1), None, kind
     num_fg, k = selection_counts(embeds.shape[1], cfg)
     keep, scores = selector.choose(Choice(state, embeds, grid, num_fg, k))
+    if cfg.schedule.refresh == "staggered" and state.age is not None:
+        every = cfg.schedule.reset_every
+        assert every is not None, "validated by ScheduleConfig"
+        stale = stalest_tokens(state.age, keep, staggered_count(embeds.shape[1], every))  # (B, m)
+        keep = torch.cat([keep, stale], dim=1).sort(dim=-1).values  # (B, K + m)
     return keep, scores, selector.kind
 
 
