@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rgtp.bench.methods import BASELINES, action_variants, detection_variants, select_methods
+from rgtp.bench.methods import ABLATIONS, BASELINES, action_variants, detection_variants, select_methods
 from rgtp.bench.report import check_targets, interpolate, markdown_table, plot
 from rgtp.build import build_model
 from rgtp.cli import main
@@ -46,6 +46,9 @@ def test_select_methods() -> None:
     variants = action_variants(get_preset("motions_rgtp").rgtp)
     chosen = select_methods(variants, ["rgtp", "ToMe"])
     assert {v.method for v in chosen} == {"dense", "RGTP", "ToMe"}
+    default = {v.method for v in select_methods(variants, None)}
+    assert not default & set(ABLATIONS) and {"RGTP+", "RGTP staggered", "Eventful"} <= default
+    assert {v.method for v in select_methods(variants, ["all"])} == {v.method for v in variants}
     with pytest.raises(ValueError, match="unknown method"):
         select_methods(variants, ["nope"])
 
@@ -62,24 +65,58 @@ def test_interpolation_and_targets() -> None:
         _rec("dense", "", 10.0, 80.0),
         _rec("RGTP", "keep 0.2", 3.0, 78.0),
         _rec("RGTP", "keep 0.4", 5.0, 79.8),
-        _rec("Eventful", "keep 0.3", 4.0, 79.5),  # RGTP at 4.0: 78.9 < 79.5
+        _rec("RGTP+", "keep 0.1", 3.5, 78.5),  # a variant beyond the paper counts as RGTP
+        _rec("Eventful", "keep 0.3", 4.0, 79.5),  # best RGTP at <= 4.0: 78.5 < 79.5
         _rec("ToMe", "keep 0.5", 4.5, 70.0),
-        _rec("random", "keep 0.9", 9.0, 80.0),  # outside RGTP's range: not judged
-        _rec("RGTP no reset", "keep 0.3", 4.0, 99.0),  # an ablation, not a baseline
+        _rec("random", "keep 0.9", 9.0, 80.0),  # RGTP keep 0.4 at 5.0 < 9.0 is 79.8: lost
+        _rec("uniform", "keep 0.1", 1.0, 10.0),  # cheaper than every RGTP point: lost, however low
+        _rec("RGTP no reset", "keep 0.3", 4.0, 99.0),  # an ablation: neither a baseline nor RGTP
     ]
     t = check_targets(records)
     assert t["budget_gmacs"] == pytest.approx(4.0)
-    assert t["rgtp_accuracy_at_budget"] == pytest.approx(78.9)
-    assert t["loss_at_budget"] == pytest.approx(1.1) and t["target_loss_met"] is False
-    assert t["baseline_points_judged"] == 2 and t["baseline_points_beaten"] == 1
-    assert t["baselines_lost_to"] == ["Eventful keep 0.3"] and t["target_baselines_met"] is False
+    assert t["rgtp_at_budget"] == "RGTP+ keep 0.1" and t["rgtp_accuracy_at_budget"] == pytest.approx(78.5)
+    assert t["loss_at_budget"] == pytest.approx(1.5) and t["target_loss_met"] is False
+    assert t["baseline_points_judged"] == 4 and t["baseline_points_beaten"] == 1
+    assert t["baselines_lost_to"] == ["Eventful keep 0.3", "random keep 0.9", "uniform keep 0.1"]
+    assert t["target_baselines_met"] is False
     assert "RGTP no reset" not in BASELINES
+
+
+def test_state_and_latency_targets() -> None:
+    records = [
+        _rec("dense", "", 10.0, 80.0),
+        {**_rec("RGTP", "keep 0.2", 3.0, 78.0), "state_mb": 2.0, "p50_ms_per_frame": 10.0, "p95_ms_per_frame": 30.0},
+        {**_rec("RGTP staggered", "keep 0.2", 3.2, 78.0), "state_mb": 2.5, "p50_ms_per_frame": 10.0},
+        {**_rec("Eventful", "keep 0.3", 4.0, 70.0), "state_mb": 10.0},
+    ]
+    records[2]["p95_ms_per_frame"] = 12.0
+    t = check_targets(records)
+    assert t["rgtp_state_mb"] == 2.5 and t["eventful_state_mb"] == 10.0 and t["target_state_met"] is True
+    assert t["p95_over_p50"] == {"RGTP keep 0.2": 3.0, "RGTP staggered keep 0.2": 1.2}
+    assert t["staggered_p95_over_p50"] == 1.2 and t["target_latency_met"] is True
+    from rgtp.bench.tasks import _targets_text
+
+    text = _targets_text(t)
+    assert "Target 3" in text and "Target 4" in text and "up to 3.00" in text
+
+
+def test_sweep_rows_take_the_best_point_within_the_budget() -> None:
+    from rgtp.bench.tasks import sweep_rows
+
+    def result(acc: float) -> dict:
+        records = [_rec("dense", "", 10.0, 80.0), _rec("RGTP", "a", 3.0, acc), _rec("RGTP", "b", 5.0, 99.0)]
+        return {"targets": {"budget_gmacs": 4.0}, "records": records}
+
+    rows = sweep_rows({0: result(70.0), 3: result(60.0)})
+    assert rows == {"dense": [80.0, 80.0], "RGTP": [70.0, 60.0]}
+    late = {"targets": {"budget_gmacs": 2.0}, "records": [_rec("dense", "", 10.0, 80.0), _rec("ToMe", "", 3.0, 1.0)]}
+    assert sweep_rows({0: late}) == {"dense": [80.0], "ToMe": [None]}  # no point within the budget
 
 
 def test_table_and_plot(tmp_path: Path) -> None:
     records = [_rec("dense", "", 10.0, 80.0), _rec("RGTP", "keep 0.2", 3.0, 78.0), _rec("RGTP", "keep 0.4", 5.0, 79.0)]
     table = markdown_table(records, "mAP50 (%)", "GMACs per frame", "frame")
-    assert table.count("\n") == 4 and "| RGTP | keep 0.2 | 78.00 | 3.0000 | 30% | 1.0 | 1.00× |" in table
+    assert table.count("\n") == 4 and "| RGTP | keep 0.2 | 78.00 | 3.0000 | 30% | 1.0 |  |  | 1.00× |" in table
     pytest.importorskip("matplotlib")
     path = plot(records, tmp_path / "p.png", "title", "mAP50 (%)", "GMACs per frame")
     assert path.stat().st_size > 1000
@@ -188,3 +225,38 @@ def test_bench_errors(tmp_path: Path) -> None:
     weights = str(_save_weights("pedestrians_det_base", tmp_path / "w.pt"))
     with pytest.raises(ConfigError, match=r"needs --video vtest\.avi"):
         run_bench("pedestrians", out_dir=tmp_path, weights=weights)
+
+
+def test_cuts_and_sweep_tasks_run(tmp_path: Path, tiny_presets: None) -> None:
+    from rgtp.bench.tasks import run_sweep
+
+    weights = str(_save_weights("shapes_det_base", tmp_path / "w.pt"))
+    args = ["--weights", weights, "--quiet", "--timing", "2", "--timing-rounds", "1", "--methods", "RGTP+,uniform"]
+    assert main(["bench", "cuts", "--out-dir", str(tmp_path / "cuts"), "--max-items", "2", *args]) == 0
+    cuts = json.loads((tmp_path / "cuts" / "results.json").read_text())
+    assert cuts["data"]["sequences"][0].endswith("_cut16") and cuts["targets"]["p95_over_p50"]
+    summary = run_sweep(tmp_path / "sweep", weights, ["RGTP+"], 1, 3, 2, 1, "cpu", False, speeds=(0, 6))
+    assert summary["speeds"] == [0, 6] and set(summary["best_within_budget"]) == {"dense", "RGTP+"}
+    assert (tmp_path / "sweep" / "pan6" / "results.json").is_file() and (tmp_path / "sweep" / "plot.png").is_file()
+    assert "6 px/frame" in (tmp_path / "sweep" / "table.md").read_text()
+
+
+def test_agreement_task_on_a_video(tmp_path: Path) -> None:
+    """The label-free check on a small generated video with the shipped models (a few frames, RGTP only)."""
+    pytest.importorskip("av")
+    from rgtp.data.synthetic import moving_shapes_video, write_video
+
+    clip, _ = moving_shapes_video(num_frames=16, height=96, width=128, seed=0)
+    video = tmp_path / "v.mp4"
+    write_video(video, clip)
+    args = ["bench", "agreement", "--video", str(video), "--out-dir", str(tmp_path / "a"), "--max-frames", "16"]
+    assert main([*args, "--quiet", "--timing", "0", "--methods", "RGTP+"]) == 0
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    dense = next(r for r in results["records"] if r["method"] == "dense")
+    assert dense["accuracy"] in (0.0, 100.0)  # the dense model agrees with itself (0 when it detects nothing)
+    assert {r["method"] for r in results["action"]["records"]} == {"dense", "RGTP+"}
+    assert results["action"]["clips"] == 1 and results["action"]["records"][0]["accuracy"] == 100.0
+    with pytest.raises(ConfigError, match="needs --video"):
+        from rgtp.bench import run_bench
+
+        run_bench("agreement", out_dir=tmp_path / "b")

@@ -453,9 +453,9 @@ def sweep_rows(per_speed: dict[int, dict[str, Any]]) -> dict[str, list[float | N
     for k, result in enumerate(per_speed.values()):
         budget = result["targets"]["budget_gmacs"]
         for r in result["records"]:
+            row = rows.setdefault(r["method"], [None] * len(speeds))  # None: no point within the budget
             if r["method"] != "dense" and r["gmacs"] > budget * (1 + 1e-9):
                 continue
-            row = rows.setdefault(r["method"], [None] * len(speeds))
             row[k] = r["accuracy"] if row[k] is None else max(row[k], r["accuracy"])  # type: ignore[type-var]
     return rows
 
