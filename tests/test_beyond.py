@@ -247,3 +247,32 @@ def test_shapes_pan_speed_controls_the_camera() -> None:
     assert change(fast.frames) > 2 * change(static.frames)
     with pytest.raises(ValueError, match="pan"):
         make_shapes_split("test", num_sequences=1, length=2, pan=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Presets and accounting
+
+
+def test_plus_presets_keep_the_paper_settings_they_build_on() -> None:
+    from rgtp.presets import PLUS_PRESETS, get_preset
+
+    for name, (paper, keep) in PLUS_PRESETS.items():
+        plus, base = get_preset(name), get_preset(paper)
+        assert plus.model == base.model and plus.rgtp is not None and base.rgtp is not None
+        assert plus.rgtp.selection.keep_ratio == keep and plus.rgtp.rollout == base.rgtp.rollout
+        assert plus.rgtp.tracking == base.rgtp.tracking and plus.rgtp.schedule.refresh == "staggered"
+        assert base.rgtp.schedule.refresh == "reset" and base.rgtp.pruned_output == "stale"  # the paper's untouched
+        detection = plus.family == "vitdet"
+        assert (plus.rgtp.pruned_output == "fresh") == detection
+        assert (plus.rgtp.selection.policy == "rollout_boxes") == detection
+
+
+def test_accounting_of_a_plus_preset_counts_the_staggered_step_and_notes_the_cuts() -> None:
+    from rgtp.accounting import FULL_FRACTION_VID_VAL, count_preset
+    from rgtp.presets import get_preset
+
+    preset = get_preset("shapes_det_plus")
+    acc = count_preset(preset)
+    n = preset.model.num_tokens
+    assert acc.kept == {"full": n, "rollout": round(0.1 * n) + staggered_count(n, 32)}
+    assert "scene cuts" in acc.note and acc.full_fraction == pytest.approx(FULL_FRACTION_VID_VAL - 1 / 8)

@@ -52,9 +52,10 @@ RENAMED_KINDS = {
 #: Fields a method did not report when the runs were recorded (None then): Eventful on ViViT now reports block 0's
 #: gated rows and gate errors, as it does on ViTDet (tests/test_eventful.py checks what they hold).
 NEW_REPORTS = {"motions_eventful": ("keep_idx", "scores")}
-#: What the accounting reports beyond the recording: the method's name, a note, and GMACs per step kind; and the
-#: dense ViTDet presets' breakdown has the neck (their step now runs the whole model, as the RGTP presets' did).
-NEW_ACCOUNTING = {"method", "note", "frame_gmacs"}
+#: What the accounting reports beyond the recording: the method's name, a note, GMACs per step kind and the FULL
+#: fraction of the VID average (issue 17: staggered refresh has its own); and the dense ViTDet presets' breakdown
+#: has the neck (their step now runs the whole model, as the RGTP presets' did).
+NEW_ACCOUNTING = {"method", "note", "frame_gmacs", "full_fraction"}
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ gives, and the result says so in ``note``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from rgtp.presets import PAPER
 from rgtp.pruning.schedule import FrameKind
 from rgtp.runtime.driver import run_clip, stream
 from rgtp.runtime.methods import make_runner
-from rgtp.runtime.selectors import Selector, UniformSelector, build_selector
+from rgtp.runtime.selectors import RolloutSelector, Selector, UniformSelector, build_selector
 
 __all__ = ["FULL_FRACTION_VID_VAL", "Accounting", "count_preset"]
 
@@ -39,6 +40,7 @@ class Accounting:
     full_frame_gmacs: float | None = None  # ViTDet: a FULL frame (None when the method makes none)
     pruned_frame_gmacs: float | None = None  # ViTDet: a reduced frame (pruned, gated, merged), None for dense
     vid_avg_gmacs: float | None = None  # ViTDet, averaged with the VID val FULL fraction
+    full_fraction: float | None = None  # ViTDet: the FULL fraction of that average (staggered: video starts only)
     clip_tmacs: float | None = None  # ViViT, per clip of all views
     kept: dict[str, int] = field(default_factory=dict)  # tokens processed per step kind
     num_tokens: int = 0
@@ -66,6 +68,11 @@ def count_preset(preset: Preset) -> Accounting:
     with torch.device("meta"):
         model = ViTDet(preset.model) if isinstance(preset.model, ViTDetConfig) else ViViT(preset.model)
     acc.num_tokens = preset.model.num_tokens
+    cfg = preset.method_config
+    if isinstance(cfg, RGTPConfig) and (cfg.schedule.trigger is not None or cfg.schedule.cut is not None):
+        # resets triggered by the data cannot be counted on meta tensors: the schedule without them
+        preset = dataclasses.replace(preset, rgtp=_schedule_only(cfg))
+        acc.note = "resets triggered by the frames (drift, scene cuts) are not counted (measure them with rgtp bench)"
     runner = make_runner(model, preset.method_config, selector=_nominal(preset, acc))
     if isinstance(model, ViTDet):
         _count_frames(preset, runner, acc)
@@ -74,11 +81,21 @@ def count_preset(preset: Preset) -> Accounting:
     return acc
 
 
+def _schedule_only(cfg: RGTPConfig) -> RGTPConfig:
+    return dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, trigger=None, cut=None))
+
+
 def _nominal(preset: Preset, acc: Accounting) -> Selector | None:
     """For a selector whose kept count depends on the data, a stand-in keeping the count its keep ratio gives (grid
-    models: the data-dependent selectors read detections, which class-token models have not)."""
+    models: the data-dependent selectors read detections, which class-token models have not). A selector reading
+    detections for its ranking only (the box prior) is counted as the rollout selector: it keeps as many tokens."""
     cfg = preset.method_config
-    if not isinstance(cfg, RGTPConfig) or preset.family != "vitdet" or not build_selector(cfg).data_dependent:
+    if not isinstance(cfg, RGTPConfig) or preset.family != "vitdet":
+        return None
+    selector = build_selector(cfg)
+    if selector.needs_anchors and not selector.data_dependent:
+        return RolloutSelector(cfg)
+    if not selector.data_dependent:
         return None
     acc.note = (
         f"selection policy {cfg.selection.policy!r} keeps a data-dependent number of tokens; pruned steps are "
@@ -108,7 +125,10 @@ def _count_frames(preset: Preset, runner: Any, acc: Accounting) -> None:
     pruned = next((acc.frame_gmacs[k] for k in acc.kept if k not in (FrameKind.FULL.value, FrameKind.GRID.value)), None)
     acc.full_frame_gmacs, acc.pruned_frame_gmacs = full, pruned
     if full is not None and pruned is not None:
-        acc.vid_avg_gmacs = FULL_FRACTION_VID_VAL * full + (1 - FULL_FRACTION_VID_VAL) * pruned
+        staggered = isinstance(cfg, RGTPConfig) and cfg.schedule.refresh == "staggered"
+        fraction = FULL_FRACTION_VID_VAL - 1 / 8 if staggered else FULL_FRACTION_VID_VAL  # staggered: video starts
+        acc.vid_avg_gmacs = fraction * full + (1 - fraction) * pruned
+        acc.full_fraction = fraction
     else:
         acc.vid_avg_gmacs = full if full is not None else pruned
 

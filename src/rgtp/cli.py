@@ -110,7 +110,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
             print(f"{reduced + ' frame':13s} {acc.pruned_frame_gmacs:9.3f} GMACs   paper {paper.get('pruned_gmacs')}")
         if acc.full_frame_gmacs is not None and acc.pruned_frame_gmacs is not None:
             avg = f"VID average   {acc.vid_avg_gmacs:9.3f} GMACs   paper {paper.get('avg_gmacs')}"
-            print(avg + "  (FULL fraction 0.1266)")
+            print(avg + f"  (FULL fraction {acc.full_fraction:.4f})")
     else:
         views, steps = preset.views[0] * preset.views[1], preset.model.num_steps  # type: ignore[union-attr]
         clip = f"per clip      {acc.clip_tmacs:9.4f} TMACs   paper {paper.get('clip_tmacs')}"

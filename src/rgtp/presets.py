@@ -28,7 +28,18 @@ from rgtp.config import (
     ViViTConfig,
 )
 
-__all__ = ["PAPER", "PRESETS", "Reported", "get_preset", "preset_names", "register"]
+__all__ = [
+    "CHANGE_WEIGHT",
+    "CUT",
+    "PAPER",
+    "PRESETS",
+    "TRIGGER",
+    "Reported",
+    "get_preset",
+    "preset_names",
+    "register",
+    "rgtp_plus",
+]
 
 PRESETS: dict[str, Callable[[], Preset]] = {}
 
@@ -55,6 +66,32 @@ def register(name: str, builder: Callable[[], Preset], reported: Reported | None
     PRESETS[name] = builder
     if reported is not None:
         PAPER[name] = reported
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RGTP+: our recommended settings beyond the paper (see README "Which preset when" and rgtp bench)
+
+TRIGGER = 1.0  # accumulated embedding drift that triggers a reset: 7-20 frames of a moving camera
+CUT = 0.5  # one step's embedding change that is a scene cut (cuts measure 1-2; camera motion 0.05-0.2 per frame)
+CHANGE_WEIGHT = 0.3  # the change prior's share of the ranking
+
+
+def rgtp_plus(cfg: RGTPConfig, detection: bool) -> RGTPConfig:
+    """RGTP+ on top of a paper config (its keep ratio, rollout and tracking kept).
+
+    Detection (grid models with a head): fresh outputs for pruned tokens; the previous frame's boxes and each
+    token's change since it was last processed as priors of the ranking; staggered refresh (no token older than 32
+    frames) instead of full frames; a full frame on scene cuts. Classification: the change prior, staggered refresh
+    within the paper's reset interval, a grid reset on scene cuts.
+    """
+    sel = cfg.selection
+    if detection:
+        selection = dataclasses.replace(sel, policy="rollout_boxes", box_margin=1, change_weight=CHANGE_WEIGHT)
+        schedule = dataclasses.replace(cfg.schedule, refresh="staggered", reset_every=32, cut=CUT)
+        return dataclasses.replace(cfg, selection=selection, schedule=schedule, pruned_output="fresh")
+    every = cfg.schedule.reset_every or 4
+    schedule = dataclasses.replace(cfg.schedule, refresh="staggered", reset_every=every, cut=CUT)
+    return dataclasses.replace(cfg, selection=dataclasses.replace(sel, change_weight=CHANGE_WEIGHT), schedule=schedule)
 
 
 def preset_names() -> list[str]:
@@ -245,6 +282,34 @@ register("motions_base", partial(_small_vivit, "motions_base", None))
 register("motions_rgtp", partial(_small_vivit, "motions_rgtp", 0.3))
 
 
+def _plus(name: str, paper: str, keep_ratio: float) -> Preset:
+    """RGTP+ (:func:`rgtp_plus`) at ``keep_ratio`` on the model and rollout settings of the paper preset ``paper``."""
+    preset = get_preset(paper)
+    assert preset.rgtp is not None
+    cfg = dataclasses.replace(preset.rgtp, selection=dataclasses.replace(preset.rgtp.selection, keep_ratio=keep_ratio))
+    what = preset.description.rsplit(": ", 1)[0]
+    return dataclasses.replace(
+        preset,
+        name=name,
+        rgtp=rgtp_plus(cfg, detection=preset.family == "vitdet"),
+        description=f"{what}: RGTP+ keep_ratio={keep_ratio} ({_PLUS_WHAT[preset.family]})",
+    )
+
+
+_PLUS_WHAT = {
+    "vitdet": "fresh outputs, box and change priors, staggered refresh, full frames on scene cuts",
+    "vivit": "change prior, staggered refresh, grid resets on scene cuts",
+}
+#: RGTP+ presets: (paper preset, keep ratio). The benchmark models' ratios are the cheapest settings within 0.5 points
+#: of dense in ``rgtp bench`` (see README); ViTDet-B's is the paper's keep400 ratio.
+PLUS_PRESETS = {
+    "shapes_det_plus": ("shapes_det_rgtp", 0.1),
+    "pedestrians_det_plus": ("pedestrians_det_rgtp", 0.1),
+    "motions_plus": ("motions_rgtp", 0.3),
+    "vitdet_vid_1024_plus": ("vitdet_vid_1024_keep400", 0.097),
+}
+
+
 def _peer(name: str, base: str, method: EventfulConfig | ToMeConfig) -> Preset:
     """A comparison method on a benchmark model, at the setting ``rgtp bench`` measures nearest RGTP's budget."""
     preset = get_preset(base)
@@ -269,3 +334,6 @@ register(
 )
 register("motions_eventful", partial(_peer, "motions_eventful", "motions_base", EventfulConfig(keep_ratio=0.3)))
 register("motions_tome", partial(_peer, "motions_tome", "motions_base", ToMeConfig(keep_ratio=0.35, spread="front")))
+
+for _name, (_paper, _rho) in PLUS_PRESETS.items():
+    register(_name, partial(_plus, _name, _paper, _rho))

@@ -17,6 +17,7 @@ from typing import Any
 from rgtp.config import EventfulConfig, RGTPConfig, ToMeConfig
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
+from rgtp.presets import CUT, TRIGGER, rgtp_plus
 from rgtp.runtime.methods import make_runner
 
 __all__ = [
@@ -43,9 +44,6 @@ VARIANTS_ACTION = ("RGTP staggered", "RGTP triggered", "RGTP+")
 
 RGTP_KEEPS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 VARIANT_KEEPS = (0.05, 0.1, 0.2, 0.3, 0.5)
-TRIGGER = 1.0  # accumulated embedding drift that triggers a reset: 7-20 frames of a moving camera
-CUT = 0.5  # one step's embedding change that is a scene cut (cuts measure 1-2; camera motion 0.05-0.2 per frame)
-CHANGE_WEIGHT = 0.3  # the change prior's share of the ranking
 SUBSET_KEEPS = (0.15, 0.2, 0.3, 0.4, 0.5)
 EVENTFUL_KEEPS = (0.1, 0.2, 0.3, 0.4, 0.5)
 TOME_KEEPS = (0.1, 0.2, 0.35, 0.5, 0.7)
@@ -112,19 +110,9 @@ def triggered(cfg: RGTPConfig, every: int | None = None) -> RGTPConfig:
     return _schedule(cfg, trigger=TRIGGER, cut=CUT, reset_every=every)
 
 
-def priors(cfg: RGTPConfig, margin: int = 1) -> RGTPConfig:
-    """The previous frame's boxes (grown by ``margin``) ranked first, and the change prior in the ranking."""
-    selection = dataclasses.replace(
-        cfg.selection, policy="rollout_boxes", box_margin=margin, change_weight=CHANGE_WEIGHT
-    )
-    return dataclasses.replace(cfg, selection=selection)
-
-
 def detection_plus(cfg: RGTPConfig) -> RGTPConfig:
-    """RGTP+ for detection, what we recommend: fresh outputs; the previous boxes and the change of each token since
-    it was last processed as priors of the ranking; staggered refresh (no token older than 32 frames) instead of
-    full frames; a full frame on scene cuts."""
-    return _schedule(priors(_fresh(cfg)), refresh="staggered", reset_every=32, cut=CUT)
+    """RGTP+ for detection (:func:`rgtp.presets.rgtp_plus`), what we recommend."""
+    return rgtp_plus(cfg, detection=True)
 
 
 def _beyond_detection(base: RGTPConfig) -> list[Variant]:
@@ -136,11 +124,8 @@ def _beyond_detection(base: RGTPConfig) -> list[Variant]:
 
 
 def action_plus(cfg: RGTPConfig) -> RGTPConfig:
-    """RGTP+ for classification: the change prior in the ranking, staggered refresh (no token older than the
-    preset's reset interval) and a grid reset on scene cuts."""
-    every = cfg.schedule.reset_every or 4
-    selection = dataclasses.replace(cfg.selection, change_weight=CHANGE_WEIGHT)
-    return _schedule(dataclasses.replace(cfg, selection=selection), refresh="staggered", reset_every=every, cut=CUT)
+    """RGTP+ for classification (:func:`rgtp.presets.rgtp_plus`)."""
+    return rgtp_plus(cfg, detection=False)
 
 
 def _beyond_action(base: RGTPConfig) -> list[Variant]:
