@@ -182,6 +182,27 @@ def test_change_trigger_on_vivit_resets_with_the_grid_pattern(tiny_vivit: ViViT)
     assert [s.kind for s in out.steps] == [FrameKind.FULL] + [FrameKind.GRID] * 3  # each noise step is a cut
 
 
+def test_buffered_context_lets_the_class_token_see_pruned_tokens(tiny_vivit: ViViT) -> None:
+    """Class-token models: with a buffered context the kept queries attend over every token (pruned ones through
+    their last keys and values); everything kept equals the dense model, and the kept sets do not change."""
+    drop_cfg = vivit_rgtp(keep_ratio=0.5, bg_ratio=0.0, reset_every=None)
+    ctx_cfg = dataclasses.replace(drop_cfg, pruned_context="buffered")
+    clip = torch.randn(1, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    drop = run_clip(make_runner(tiny_vivit, drop_cfg), clip)
+    ctx = run_clip(make_runner(tiny_vivit, ctx_cfg), clip)
+    torch.testing.assert_close(ctx.steps[0].pooled, drop.steps[0].pooled)  # step 0 is full
+    assert all(torch.equal(a.keep_idx, b.keep_idx) for a, b in zip(ctx.steps[1:], drop.steps[1:], strict=True))
+    assert not torch.allclose(ctx.steps[1].pooled, drop.steps[1].pooled, atol=1e-4)
+    every = dataclasses.replace(ctx_cfg, selection=dataclasses.replace(ctx_cfg.selection, keep_ratio=1.0))
+    torch.testing.assert_close(run_clip(make_runner(tiny_vivit, every), clip).logits, tiny_vivit(clip))
+    runner = make_runner(tiny_vivit, ctx_cfg)
+    state = runner.new_state()
+    runner.step(tiny_vivit.patch_embed(clip[:, :, :2]).flatten(2).transpose(1, 2), state)
+    assert sorted(state.qkv) == [1, 2]  # a (B, P + N, 3C) buffer per block after the first
+    with pytest.raises(ConfigError, match="pruned_context"):
+        RGTPConfig(pruned_context="all")  # type: ignore[arg-type]
+
+
 def test_box_prior_keeps_the_previous_boxes_tokens_first(tiny_vitdet: ViTDet) -> None:
     cfg = _selection(vitdet_rgtp(keep_ratio=0.3, reset_every=None, pool=1), policy="rollout_boxes", box_margin=0)
     runner = make_runner(tiny_vitdet, cfg, head=tiny_vitdet.detect)
@@ -260,11 +281,13 @@ def test_plus_presets_keep_the_paper_settings_they_build_on() -> None:
         plus, base = get_preset(name), get_preset(paper)
         assert plus.model == base.model and plus.rgtp is not None and base.rgtp is not None
         assert plus.rgtp.selection.keep_ratio == keep and plus.rgtp.rollout == base.rgtp.rollout
-        assert plus.rgtp.tracking == base.rgtp.tracking and plus.rgtp.schedule.refresh == "staggered"
+        assert plus.rgtp.tracking == base.rgtp.tracking and plus.rgtp.schedule.cut is not None
         assert base.rgtp.schedule.refresh == "reset" and base.rgtp.pruned_output == "stale"  # the paper's untouched
+        assert base.rgtp.pruned_context == "drop" and base.rgtp.selection.change_weight == 0
         detection = plus.family == "vitdet"
-        assert (plus.rgtp.pruned_output == "fresh") == detection
+        assert (plus.rgtp.pruned_output == "fresh") == detection == (plus.rgtp.schedule.refresh == "staggered")
         assert (plus.rgtp.selection.policy == "rollout_boxes") == detection
+        assert (plus.rgtp.pruned_context == "buffered") != detection
 
 
 def test_accounting_of_a_plus_preset_counts_the_staggered_step_and_notes_the_cuts() -> None:

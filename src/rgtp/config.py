@@ -303,9 +303,14 @@ class RGTPConfig:
     # last processed (the paper). fresh: this step's residual stream after block 0's attention (which every token
     # passes) plus the change the later blocks made to it when it was last processed.
     pruned_output: Literal["stale", "fresh"] = "stale"
+    # What later blocks of class-token models see of the pruned tokens (beyond the paper, opt-in). drop: nothing,
+    # they leave the step after block 0 (the paper). buffered: their keys and values from when they were last
+    # processed, so the class token still attends to them (a (B, P + N, 3C) buffer per block).
+    pruned_context: Literal["drop", "buffered"] = "drop"
 
     def __post_init__(self) -> None:
         _one_of("pruned_output", self.pruned_output, ("stale", "fresh"))
+        _one_of("pruned_context", self.pruned_context, ("drop", "buffered"))
 
 
 @dataclass(frozen=True)

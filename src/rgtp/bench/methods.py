@@ -40,7 +40,7 @@ BASELINES = ("Eventful", "ToMe", "random", "uniform", "MaskVD boxes")
 ABLATIONS = ("RGTP no tracking", "RGTP mean fusion", "RGTP no reset", "RGTP 2x resets")
 #: RGTP beyond the paper (opt-in config settings, see rgtp.config): the variants the targets judge with the paper's.
 VARIANTS_DETECTION = ("RGTP fresh", "RGTP staggered", "RGTP triggered", "RGTP+")
-VARIANTS_ACTION = ("RGTP staggered", "RGTP triggered", "RGTP+")
+VARIANTS_ACTION = ("RGTP context", "RGTP staggered", "RGTP triggered", "RGTP+")
 
 RGTP_KEEPS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 VARIANT_KEEPS = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -128,9 +128,18 @@ def action_plus(cfg: RGTPConfig) -> RGTPConfig:
     return rgtp_plus(cfg, detection=False)
 
 
+def _context(cfg: RGTPConfig) -> RGTPConfig:
+    return dataclasses.replace(cfg, pruned_context="buffered")
+
+
 def _beyond_action(base: RGTPConfig) -> list[Variant]:
     every = base.schedule.reset_every or 4
-    changes = (lambda c: staggered(c, every), lambda c: triggered(c, every=2 * every), action_plus)
+    changes = (
+        _context,
+        lambda c: staggered(_context(c), 2 * every),
+        lambda c: triggered(_context(c), every=2 * every),
+        action_plus,
+    )
     out = []
     for name, change in zip(VARIANTS_ACTION, changes, strict=True):
         out += [Variant(name, f"keep {r:g}", change(_keep(base, r))) for r in VARIANT_KEEPS]

@@ -24,6 +24,7 @@ from rgtp.pruning.selection import complement, match_pruned
 from rgtp.pruning.state import RGTPState
 from rgtp.runtime.common import (
     advance_schedule,
+    buffered,
     check_stream,
     fill_pruned,
     gather_tokens,
@@ -90,11 +91,20 @@ class RGTPClass:
         if keep is not None:
             x = torch.cat([x[:, :p], gather_tokens(x[:, p:], keep)], dim=1)  # (B, P + K, C)
         x = mlp_residual(blk, x)
-        for blk in model.blocks[1:]:
-            att = attend(blk.spec, blk.qkv(blk.norm1(x)), None, need_probs=rollout)
+        context = cfg.pruned_context == "buffered"
+        rows = None if keep is None else prefix_rows(keep, p)  # (B, P + K) rows of the kept tokens
+        for i, blk in enumerate(model.blocks[1:], start=1):
+            qkv = blk.qkv(blk.norm1(x))  # (B, P + K, 3C)
+            if context:  # the kept queries against every token's keys and values (pruned ones: last computed)
+                att = attend(blk.spec, buffered(state.qkv, i, qkv, rows), None, query_idx=rows, need_probs=rollout)
+            else:
+                att = attend(blk.spec, qkv, None, need_probs=rollout)
             if rollout:
                 with scope("rgtp"):
-                    fused.append(fuse_heads(att.probs, cfg.rollout.head_fusion))  # (B, P + K, P + K)
+                    probs = fuse_heads(att.probs, cfg.rollout.head_fusion)  # (B, P + K, P + K or P + N)
+                    if context and rows is not None:
+                        probs = probs.gather(2, rows[:, None, :].expand(-1, probs.shape[1], -1))  # (B, P+K, P+K)
+                    fused.append(probs)
             x = mlp_residual(blk, x + blk.proj(att.out))
         pooled, tokens = model.finish(self._whole(state, x, keep, base) if model.dense_output else x)
 
