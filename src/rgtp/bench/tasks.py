@@ -226,15 +226,7 @@ def run_bench(
         unit, time_unit = "GMACs per frame", "frame"
     else:
         clips = prepare_clips(test, get_preset(task.dense_preset))
-        records = evaluate_action(
-            model,
-            variants,
-            clips,
-            log,
-            timing_clips=16 if timing is None else timing,
-            timing_rounds=timing_rounds,
-            progress=progress,
-        )
+        records = _classify(model, variants, clips, log, timing, timing_rounds, progress)
         unit, time_unit = "GMACs per clip", "clip"
     targets = check_targets(records, time_unit)
     results = {
@@ -363,15 +355,7 @@ def agreement_clips(decoded: dict[str, list[Any]], progress: bool) -> Any:
         known = {v.method.lower() for v in every}
         variants = select_methods(every, [m for m in methods or () if m.strip().lower() in known] or None)
         log = ResultLog(out / "log", {"task": "agreement-action", "clips": len(clips)})
-        records = evaluate_action(
-            model,
-            variants,
-            clips,
-            log,
-            timing_clips=16 if timing is None else timing,
-            timing_rounds=rounds,
-            progress=progress,
-        )
+        records = _classify(model, variants, clips, log, timing, rounds, progress)
         metric, unit = "top-1 agreement with dense (%)", "GMACs per clip"
         out.mkdir(parents=True, exist_ok=True)
         plot(records, out / "plot.png", "Top-1 agreement with the dense action model", metric, unit)
@@ -485,6 +469,14 @@ def sweep_plot(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _classify(
+    model: Any, variants: list[Any], clips: Any, log: ResultLog, timing: int | None, rounds: int, progress: bool
+) -> list[dict[str, Any]]:
+    """The action evaluation with the benchmark's timing defaults (16 clips per variant and round)."""
+    timed = 16 if timing is None else timing
+    return evaluate_action(model, variants, clips, log, timing_clips=timed, timing_rounds=rounds, progress=progress)
 
 
 def _verdict(met: bool | None) -> str:
