@@ -29,6 +29,7 @@ from rgtp.metrics import coco_map
 from rgtp.models.vitdet import ViTDet, preprocess_frame
 from rgtp.models.vivit import ViViT, predict_views
 from rgtp.progress import progress_bar
+from rgtp.pruning.schedule import FrameKind
 from rgtp.runtime.driver import run_clip, stream
 from rgtp.timing import Case, device_sync, measure_interleaved, stopwatch, summarize
 
@@ -76,7 +77,7 @@ def prepare_frames(data: DetectionSet, size: int, max_frames: int | None = None)
 
 def _detect_all(variant: Variant, model: ViTDet, frames: FrameSet, bar: Any) -> dict[str, Any]:
     runner = build_variant(variant, model)
-    predictions, kept, state_bytes = [], [], 0
+    predictions, kept, state_bytes, full = [], [], 0, 0
     with MacCounter() as counter:
         for sequence in frames.sequences:
             for tick in stream(runner, (image[None] for image, _ in sequence)):
@@ -84,6 +85,7 @@ def _detect_all(variant: Variant, model: ViTDet, frames: FrameSet, bar: Any) -> 
                 boxes = (det.boxes.float() / scale).numpy()
                 predictions.append((boxes, det.scores.float().numpy(), det.labels.numpy()))
                 kept.append(tick.output.num_kept)
+                full += tick.output.kind is FrameKind.FULL
                 state_bytes = max(state_bytes, tick.state_nbytes)
                 bar.update(1)
     n = frames.num_frames
@@ -95,6 +97,7 @@ def _detect_all(variant: Variant, model: ViTDet, frames: FrameSet, bar: Any) -> 
         "gmacs": counter.macs(PAPER_SCOPES) / n / 1e9,
         "detector_gmacs": counter.macs(DETECTOR_SCOPES) / n / 1e9,
         "kept_mean": float(np.mean(kept)),
+        "full_share": full / n,  # frames processed in full (every sequence's first included)
         "state_mb": state_bytes / 2**20,
         "frames": n,
     }
