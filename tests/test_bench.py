@@ -100,6 +100,15 @@ def test_state_and_latency_targets() -> None:
     assert "Target 3" in text and "Target 4" in text and "up to 3.00" in text
 
 
+def test_frontier_table() -> None:
+    from rgtp.bench.report import frontier_table
+
+    records = [_rec("dense", "", 10.0, 80.0), _rec("RGTP", "a", 2.5, 70.0), _rec("RGTP", "b", 3.5, 75.0)]
+    records.append({**_rec("Eventful", "a", 5.0, 79.0), "state_mb": 4.0})
+    table = frontier_table(records, (0.3, 0.5))
+    assert "| RGTP | 70.00 | 75.00 | 0.00 |" in table and "| Eventful |  | 79.00 | 4.00 |" in table
+
+
 def test_sweep_rows_take_the_best_point_within_the_budget() -> None:
     from rgtp.bench.tasks import sweep_rows
 

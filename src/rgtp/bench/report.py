@@ -15,7 +15,16 @@ from typing import Any
 
 from rgtp.bench.methods import ABLATIONS, BASELINES
 
-__all__ = ["best_at", "check_targets", "interpolate", "is_rgtp", "markdown_table", "plot", "style"]
+__all__ = [
+    "best_at",
+    "check_targets",
+    "frontier_table",
+    "interpolate",
+    "is_rgtp",
+    "markdown_table",
+    "plot",
+    "style",
+]
 
 SAVING = 0.6  # target 1: "60% fewer GMACs than dense"
 TOLERANCE = 0.5  # points of accuracy
@@ -112,6 +121,27 @@ def check_targets(records: Sequence[dict[str, Any]], time_unit: str = "frame") -
         "staggered_p95_over_p50": max(staggered.values(), default=None),
         "target_latency_met": None if not staggered else max(staggered.values()) <= LATENCY_SPREAD,
     }
+
+
+FRONTIER_SHARES = (0.2, 0.3, 0.4, 0.6)  # shares of dense GMACs the frontier table reads
+
+
+def frontier_table(records: Sequence[dict[str, Any]], shares: Sequence[float] = FRONTIER_SHARES) -> str:
+    """Per method, its best accuracy at each share of dense GMACs or fewer (blank: no point that cheap); the
+    methods' state per stream. A compact view of the accuracy-compute frontier."""
+    dense = next(r for r in records if r["method"] == "dense")
+    head = "| method | " + " | ".join(f"≤{100 * s:.0f}% GMACs" for s in shares) + " | state MB |"
+    rows = [head, "|---|" + "---:|" * (len(shares) + 1)]
+    for method in dict.fromkeys(r["method"] for r in records if r["method"] != "dense"):
+        mine = [r for r in records if r["method"] == method]
+        cells = []
+        for share in shares:
+            within = [r["accuracy"] for r in mine if r["gmacs"] <= share * dense["gmacs"] * (1 + 1e-9)]
+            cells.append(f"{max(within):.2f}" if within else "")
+        state = max(r["state_mb"] for r in mine)
+        rows.append(f"| {method} | " + " | ".join(cells) + f" | {state:.2f} |")
+    rows.append(f"| dense | {dense['accuracy']:.2f} at 100% |" + " |" * len(shares))
+    return "\n".join(rows)
 
 
 def markdown_table(records: Sequence[dict[str, Any]], metric: str, unit: str, time_unit: str) -> str:

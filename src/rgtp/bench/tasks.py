@@ -20,7 +20,7 @@ import torch
 
 from rgtp.bench.evaluate import evaluate_action, evaluate_detection, prepare_clips, prepare_frames
 from rgtp.bench.methods import action_variants, detection_variants, select_methods
-from rgtp.bench.report import check_targets, markdown_table, plot
+from rgtp.bench.report import check_targets, frontier_table, markdown_table, plot
 from rgtp.build import build_model, bundled_weights, load_weights
 from rgtp.config import ConfigError
 from rgtp.evaluation.records import ResultLog, atomic_write_text, environment
@@ -243,7 +243,12 @@ def run_bench(
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     table = markdown_table(records, task.metric, unit, time_unit)
-    atomic_write_text(out / "table.md", f"# {task.title}\n\n{table}\n\n{_targets_text(targets)}\n")
+    frontier = frontier_table(records)
+    atomic_write_text(
+        out / "table.md",
+        f"# {task.title}\n\nBest {task.metric} of each method within a share of dense GMACs:\n\n{frontier}\n\n"
+        f"{_targets_text(targets)}\n\nEvery variant:\n\n{table}\n",
+    )
     plot(records, out / "plot.png", task.title, task.metric, unit)
     logger.info("wrote %s, %s, %s", out / "results.json", out / "table.md", out / "plot.png")
     results["table"] = table
@@ -318,8 +323,10 @@ def run_agreement(
         out / "table.md",
         f"# {AGREEMENT_TITLE}\n\nVideos: {', '.join(f'{k} ({n} frames)' for k, n in header['videos'].items())}. "
         f"The shipped pedestrian detector; the reference is the dense model's detections scoring 0.5 or more.\n\n"
-        f"{table}\n\n{_targets_text(targets)}\n\n## Top-1 agreement of the action model\n\n"
-        f"{results['action']['table']}\n\n{_targets_text(results['action']['targets'])}\n",
+        f"{frontier_table(records)}\n\n{_targets_text(targets)}\n\n{table}\n\n"
+        f"## Top-1 agreement of the action model ({results['action']['clips']} clips of 16 frames, every 8)\n\n"
+        f"{frontier_table(results['action']['records'])}\n\n{_targets_text(results['action']['targets'])}\n\n"
+        f"{results['action']['table']}\n",
     )
     plot(records, out / "plot.png", AGREEMENT_TITLE, metric, unit)
     results["table"] = table
