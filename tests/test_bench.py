@@ -269,3 +269,17 @@ def test_agreement_task_on_a_video(tmp_path: Path) -> None:
         from rgtp.bench import run_bench
 
         run_bench("agreement", out_dir=tmp_path / "b")
+
+
+def test_resume_accepts_logged_configs_without_options_added_since() -> None:
+    from rgtp.bench.evaluate import same_config
+    from rgtp.bench.methods import Variant
+
+    variant = next(v for v in detection_variants(get_preset("shapes_det_rgtp").rgtp) if v.name == "RGTP keep 0.1")
+    logged = variant.describe()["config"]
+    old = {k: v for k, v in logged.items() if k not in ("pruned_output", "pruned_context")}  # written before them
+    old["schedule"] = {k: v for k, v in old["schedule"].items() if k not in ("refresh", "trigger", "cut")}
+    assert same_config(json.loads(json.dumps(old)), variant)
+    other = {**logged, "pruned_output": "fresh"}
+    assert not same_config(other, variant) and not same_config({**logged, "typo": 1}, variant)
+    assert same_config(None, Variant("dense", "", None)) and not same_config(logged, Variant("dense", "", None))

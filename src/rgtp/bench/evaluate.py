@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 
 from rgtp.bench.methods import Variant, build_variant
-from rgtp.config import Preset
+from rgtp.config import ConfigError, Preset, from_dict
 from rgtp.data.action import ActionDataset, preset_views
 from rgtp.data.detection import DetectionSet
-from rgtp.evaluation.records import ResultLog, plain
+from rgtp.evaluation.records import ResultLog
 from rgtp.flops import PAPER_SCOPES, MacCounter
 from rgtp.metrics import coco_map
 from rgtp.models.vitdet import ViTDet, preprocess_frame
@@ -257,7 +257,7 @@ def _evaluate(
     with torch.no_grad():
         for variant in variants:
             key = f"eval/{variant.name}"
-            if key in done and done[key].get("config") == plain(variant.describe()["config"]):
+            if key in done and same_config(done[key].get("config"), variant):
                 records[variant.name] = done[key]
                 continue
             bar = progress_bar(units, variant.name, progress, unit)
@@ -272,6 +272,20 @@ def _evaluate(
     for name, (ms, p50, p95) in timings.items():
         records[name].update({f"ms_per_{unit}": ms, f"p50_ms_per_{unit}": p50, f"p95_ms_per_{unit}": p95})
     return [records[v.name] for v in variants]
+
+
+def same_config(logged: dict[str, Any] | None, variant: Variant) -> bool:
+    """Whether a logged record's config is the variant's: read back with today's config classes, so an option
+    added since (absent from the log, at its default) does not invalidate finished results."""
+    if variant.config is None or logged is None:
+        return variant.config is None and logged is None
+    cls = type(variant.config)
+    if logged.get("type") != cls.__name__:
+        return False
+    try:
+        return from_dict(cls, {k: v for k, v in logged.items() if k != "type"}) == variant.config
+    except ConfigError:
+        return False
 
 
 def _timings(
