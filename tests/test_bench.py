@@ -208,6 +208,11 @@ def test_bench_cli_end_to_end(
     log_size = sum(p.stat().st_size for p in (out / "log").glob("*.jsonl"))
     assert main(args) == 0
     assert sum(p.stat().st_size for p in (out / "log").glob("*.jsonl")) == log_size
+    # --retime measures the timing rounds again and nothing else
+    before = sum(len(p.read_text().splitlines()) for p in (out / "log").glob("*.jsonl"))
+    assert main([*args, "--retime"]) == 0
+    lines = [line for p in sorted((out / "log").glob("*.jsonl")) for line in p.read_text().splitlines()]
+    assert len(lines) == before + 1 and json.loads(lines[-1])["key"] == "time/0"
 
 
 def test_every_variant_runs(tiny_presets: None) -> None:

@@ -704,6 +704,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         timing_rounds=args.timing_rounds,
         device=args.device,
         progress=not args.quiet,
+        retime=args.retime,
     )
     print(results["table"])
     if args.task != "sweep":
@@ -740,6 +741,9 @@ def _add_bench_parser(sub: Any) -> None:
     p.add_argument("--max-frames", type=positive_int, help="detection: only the first N frames of each sequence")
     p.add_argument("--timing", type=int, help="frames (clips) timed per variant and round (0: no timing)")
     p.add_argument("--timing-rounds", type=int, default=3)
+    p.add_argument(
+        "--retime", action="store_true", help="measure the timing rounds again (reusing the logged accuracy passes)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_bench)

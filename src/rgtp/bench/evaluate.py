@@ -138,8 +138,10 @@ def evaluate_detection(
     timing_frames: int = 48,
     timing_rounds: int = 3,
     progress: bool = True,
+    retime: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every variant over the test frames; returns one record per variant (resumed ones included)."""
+    """Run every variant over the test frames; returns one record per variant (resumed ones included;
+    ``retime``: measure the timing rounds again even where they are logged)."""
     return _evaluate(
         variants,
         log,
@@ -149,6 +151,7 @@ def evaluate_detection(
         timing_rounds if timing_frames > 0 else 0,
         "frame",
         progress,
+        retime,
     )
 
 
@@ -223,8 +226,10 @@ def evaluate_action(
     timing_clips: int = 16,
     timing_rounds: int = 3,
     progress: bool = True,
+    retime: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every variant over the test clips; returns one record per variant (resumed ones included)."""
+    """Run every variant over the test clips; returns one record per variant (resumed ones included;
+    ``retime``: measure the timing rounds again even where they are logged)."""
     return _evaluate(
         variants,
         log,
@@ -234,6 +239,7 @@ def evaluate_action(
         timing_rounds if timing_clips > 0 else 0,
         "clip",
         progress,
+        retime,
     )
 
 
@@ -250,9 +256,12 @@ def _evaluate(
     rounds: int,
     unit: str,
     progress: bool,
+    retime: bool = False,
 ) -> list[dict[str, Any]]:
-    """Accuracy pass per variant (skipping finished ones), then interleaved timing rounds (also logged)."""
+    """Accuracy pass per variant (skipping finished ones), then interleaved timing rounds (also logged; a round is
+    measured again when a variant in it was evaluated again, or with ``retime``)."""
     done = log.done()
+    evaluated = {v.name for v in variants} if retime else set()
     records: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
         for variant in variants:
@@ -267,8 +276,9 @@ def _evaluate(
                 bar.close()
             log.append(key, record)
             records[variant.name] = record
+            evaluated.add(variant.name)
             logger.info("%s: accuracy %.2f, %.4f GMACs per %s", variant.name, record["accuracy"], record["gmacs"], unit)
-        timings = _timings(variants, log, done, play, rounds)
+        timings = _timings(variants, log, done, play, rounds, evaluated)
     for name, (ms, p50, p95) in timings.items():
         records[name].update({f"ms_per_{unit}": ms, f"p50_ms_per_{unit}": p50, f"p95_ms_per_{unit}": p95})
     return [records[v.name] for v in variants]
@@ -289,11 +299,12 @@ def same_config(logged: dict[str, Any] | None, variant: Variant) -> bool:
 
 
 def _timings(
-    variants: Sequence[Variant], log: ResultLog, done: dict[str, Any], play: Any, rounds: int
+    variants: Sequence[Variant], log: ResultLog, done: dict[str, Any], play: Any, rounds: int, stale: set[str]
 ) -> dict[str, tuple[float, float, float]]:
     """Per variant: (median over rounds of its mean time per unit, p50 and p95 of its per-unit times over all
     rounds). Every round times all variants in turn with :func:`rgtp.timing.measure_interleaved` (device
-    synchronised; one warm-up round first) and is logged with each unit's time."""
+    synchronised; one warm-up round first) and is logged with each unit's time; logged rounds are reused unless
+    ``stale`` names a variant (evaluated again, or every variant to re-time)."""
     if rounds <= 0:
         return {}
     means: dict[str, list[float]] = {v.name: [] for v in variants}
@@ -306,7 +317,7 @@ def _timings(
     warmup = 1
     for r in range(rounds):
         key = f"time/{r}"
-        if key in done and set(done[key].get("unit_ms", {})) >= set(means):
+        if key in done and set(done[key].get("unit_ms", {})) >= set(means) and not stale:
             row, unit_ms = done[key]["ms"], done[key]["unit_ms"]
         else:
             taken = measure_interleaved([case(v) for v in variants], warmup, 1, device_sync())
