@@ -89,7 +89,7 @@ def test_run_defaults_to_the_detector_trained_on_real_footage(
     assert weights is not None and weights.stat().st_size < 8e6  # fp16, a few MB
     assert {x["weights"] for x in _frame_records(jsonl)} == {str(weights)}
     summary = json.loads(jsonl.read_text().splitlines()[-1])["run_summary"]
-    assert summary["preset"] == "pedestrians_det_rgtp" and "vtest.avi" in summary["model"]
+    assert summary["preset"] == "pedestrians_det_plus" and "vtest.avi" in summary["model"]
     out = capsys.readouterr().out
     assert "trained on real footage" in out and "person" in out and "RANDOM" not in out
 

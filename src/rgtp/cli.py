@@ -615,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, default=0)
         # the defaults are trained models: the detector trained on real footage for a user's video, the shapes
         # detector on its own generated test distribution for the demo
-        _add_preset_args(p, positional=False, default="shapes_det_rgtp" if name == "demo" else "pedestrians_det_rgtp")
+        _add_preset_args(p, positional=False, default="shapes_det_plus" if name == "demo" else "pedestrians_det_plus")
         p.add_argument(
             "--weights",
             help="model weights (rgtp state dict); default: the ones shipped for the preset if any, else random; "
