@@ -298,5 +298,6 @@ def test_accounting_of_a_plus_preset_counts_the_staggered_step_and_notes_the_cut
     preset = get_preset("shapes_det_plus")
     acc = count_preset(preset)
     n = preset.model.num_tokens
-    assert acc.kept == {"full": n, "rollout": round(0.1 * n) + staggered_count(n, 32)}
+    keep = preset.rgtp.selection.keep_ratio
+    assert acc.kept == {"full": n, "rollout": round(keep * n) + staggered_count(n, 32)}
     assert "scene cuts" in acc.note and acc.full_fraction == pytest.approx(FULL_FRACTION_VID_VAL - 1 / 8)

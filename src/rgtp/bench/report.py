@@ -70,8 +70,8 @@ def check_targets(records: Sequence[dict[str, Any]], time_unit: str = "frame") -
     only by an RGTP point measured at equal or fewer GMACs); returns what was met, with the numbers behind it.
 
     1. at 60% fewer GMACs than dense, RGTP loses at most 0.5 points; 2. RGTP is at least as accurate as every
-    baseline point; 3. RGTP's per-stream state is at most half of Eventful's; 4. the staggered variant's p95/p50
-    time per frame is at most 1.3.
+    baseline point; 3. RGTP's per-stream state is at most half of Eventful's; 4. the ``RGTP staggered`` variants'
+    p95/p50 time per frame is at most 1.3 (frames only).
     """
     dense = next(r for r in records if r["method"] == "dense")
     budget = (1.0 - SAVING) * dense["gmacs"]
@@ -100,7 +100,8 @@ def check_targets(records: Sequence[dict[str, Any]], time_unit: str = "frame") -
         p50, p95 = r.get(f"p50_ms_per_{time_unit}"), r.get(f"p95_ms_per_{time_unit}")
         if p50 and p95:
             spread[_name(r)] = round(p95 / p50, 3)
-    staggered = {k: v for k, v in spread.items() if "staggered" in k or k.startswith("RGTP+")}
+    # target 4 is about frames: a clip's time sums its steps, so its spread says nothing about per-step spikes
+    staggered = {k: v for k, v in spread.items() if "staggered" in k} if time_unit == "frame" else {}
     return {
         "dense_accuracy": dense["accuracy"],
         "dense_gmacs": dense["gmacs"],
