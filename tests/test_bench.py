@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rgtp.bench.methods import ABLATIONS, BASELINES, action_variants, detection_variants, select_methods
-from rgtp.bench.report import check_targets, interpolate, markdown_table, plot
+from rgtp.bench.report import check_targets, markdown_table, plot
 from rgtp.build import build_model
 from rgtp.cli import main
 from rgtp.config import ConfigError, Preset, RGTPConfig
@@ -57,10 +57,7 @@ def _rec(method: str, setting: str, gmacs: float, acc: float) -> dict:
     return {"method": method, "setting": setting, "gmacs": gmacs, "accuracy": acc, "state_mb": 0.0, "ms_per_frame": 1.0}
 
 
-def test_interpolation_and_targets() -> None:
-    curve = [(1.0, 50.0), (2.0, 60.0), (4.0, 70.0)]
-    assert interpolate(curve, 3.0) == pytest.approx(65.0)
-    assert interpolate(curve, 0.5) is None and interpolate(curve, 5.0) is None
+def test_targets_on_the_best_rgtp_point() -> None:
     records = [
         _rec("dense", "", 10.0, 80.0),
         _rec("RGTP", "keep 0.2", 3.0, 78.0),

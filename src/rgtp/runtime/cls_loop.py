@@ -23,14 +23,13 @@ from rgtp.pruning.schedule import FrameKind
 from rgtp.pruning.selection import complement, match_pruned
 from rgtp.pruning.state import RGTPState
 from rgtp.runtime.common import (
-    advance_schedule,
+    advance_state,
     buffered,
     check_stream,
     fill_pruned,
     gather_tokens,
     one_hot_first,
     prefix_rows,
-    remember_processed,
     scatter_rows_,
     schedule_kind,
 )
@@ -112,9 +111,7 @@ class RGTPClass:
             importance = self.selector.guide(Guide(lambda: self._importance(fused, keep, prune, state, match), None))
         num_kept = embeds.shape[1] if keep is None else keep.shape[1]
         out = ClassStep(state.t, kind, num_kept, keep, scores, importance, pooled, tokens)
-        advance_schedule(cfg.schedule, state, kind, keep, drift, embeds)
-        if cfg.selection.change_weight > 0:
-            remember_processed(state, keep, embeds)
+        advance_state(cfg, state, kind, keep, drift, embeds)
         state.importance, state.features, state.grid, state.t = importance, embeds, grid, state.t + 1
         return out
 

@@ -11,7 +11,7 @@ from rgtp.pruning.selection import fg_bg_count, grid_pattern
 from rgtp.pruning.state import RGTPState
 
 __all__ = [
-    "advance_schedule",
+    "advance_state",
     "buffered",
     "check_stream",
     "fill_pruned",
@@ -19,7 +19,6 @@ __all__ = [
     "kept_count",
     "one_hot_first",
     "prefix_rows",
-    "remember_processed",
     "scatter_rows_",
     "schedule_kind",
 ]
@@ -125,29 +124,26 @@ def schedule_kind(cfg: ScheduleConfig, state: RGTPState, embeds: Tensor) -> tupl
     return kind, drift if cfg.trigger is not None else None
 
 
-def advance_schedule(
-    cfg: ScheduleConfig, state: RGTPState, kind: FrameKind, keep: Tensor | None, drift: Tensor | None, embeds: Tensor
+def advance_state(
+    cfg: RGTPConfig, state: RGTPState, kind: FrameKind, keep: Tensor | None, drift: Tensor | None, embeds: Tensor
 ) -> None:
     """After a step of ``kind`` that processed ``keep`` ((B, K); None: every token of embeds (B, N, C)), update what
-    adaptive schedules carry: steps since the last reset, the accumulated drift, each token's age (staggered)."""
-    if not cfg.adaptive:
-        return
-    reset = kind in (FrameKind.FULL, FrameKind.GRID)  # (GRID: the kept pattern of a grid reset)
-    state.since_reset = 0 if reset else state.since_reset + 1
-    if cfg.trigger is not None:
-        state.drift = None if reset else drift
-    if cfg.refresh == "staggered":
-        if keep is None or state.age is None:
-            state.age = torch.zeros(embeds.shape[:2], dtype=torch.int32, device=embeds.device)  # (B, N)
-        if keep is not None:
-            state.age += 1
-            state.age.scatter_(1, keep, 0)
-
-
-def remember_processed(state: RGTPState, keep: Tensor | None, embeds: Tensor) -> None:
-    """Record the patch embeddings (B, N, C) of the tokens this step processed ((B, K); None: all): the change
-    prior's reference."""
-    if keep is None or state.reference is None:
-        state.reference = embeds.clone()
-    else:
-        scatter_rows_(state.reference, keep, gather_tokens(embeds, keep))
+    the options beyond the paper carry: steps since the last reset, the accumulated drift, each token's age
+    (staggered refresh) and the embeddings of the processed tokens (the change prior's reference)."""
+    sched = cfg.schedule
+    if sched.adaptive:
+        reset = kind in (FrameKind.FULL, FrameKind.GRID)  # (GRID: the kept pattern of a grid reset)
+        state.since_reset = 0 if reset else state.since_reset + 1
+        if sched.trigger is not None:
+            state.drift = None if reset else drift
+        if sched.refresh == "staggered":
+            if keep is None or state.age is None:
+                state.age = torch.zeros(embeds.shape[:2], dtype=torch.int32, device=embeds.device)  # (B, N)
+            if keep is not None:
+                state.age += 1
+                state.age.scatter_(1, keep, 0)
+    if cfg.selection.change_weight > 0:
+        if keep is None or state.reference is None:
+            state.reference = embeds.clone()  # (B, N, C)
+        else:
+            scatter_rows_(state.reference, keep, gather_tokens(embeds, keep))

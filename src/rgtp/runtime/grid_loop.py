@@ -35,12 +35,11 @@ from rgtp.pruning.schedule import FrameKind
 from rgtp.pruning.selection import complement, match_pruned
 from rgtp.pruning.state import RGTPState
 from rgtp.runtime.common import (
-    advance_schedule,
+    advance_state,
     buffered,
     check_stream,
     fill_pruned,
     gather_tokens,
-    remember_processed,
     scatter_rows_,
     schedule_kind,
 )
@@ -167,9 +166,7 @@ class RGTPGrid(GridRunner):
             importance = self.selector.guide(guide)
         num_kept = embeds.shape[1] if keep is None else keep.shape[1]
         out = GridStep(state.t, kind, num_kept, keep, scores, importance, features, detections)
-        advance_schedule(cfg.schedule, state, kind, keep, drift, embeds)
-        if cfg.selection.change_weight > 0:
-            remember_processed(state, keep, embeds)
+        advance_state(cfg, state, kind, keep, drift, embeds)
         state.importance, state.features, state.grid, state.t = importance, embeds, grid, state.t + 1
         return out
 
