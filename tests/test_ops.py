@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from functools import cache
@@ -365,6 +366,13 @@ def test_roi_align_bf16_smoke():
 # --------------------------------------------------------------------------------------------------- torchvision
 
 
+@pytest.fixture(autouse=True)
+def _ours(monkeypatch, request):
+    """Every test here checks rgtp's own kernels, also where torchvision.ops imports (then rgtp.ops calls it)."""
+    if "dispatch" not in request.node.name:
+        monkeypatch.setattr(ops, "_compiled", lambda x: None)
+
+
 @cache
 def _torchvision_ops():
     """torchvision.ops if it imports cleanly; probed in a subprocess first because a broken install can crash."""
@@ -396,3 +404,16 @@ def test_against_torchvision():
         for sr in (0, 2):
             expected = tvo.roi_align(feats, rois, (7, 7), 1 / 8, sr, aligned)
             assert_close(roi_align(feats, rois, 7, 1 / 8, sr, aligned), expected, atol=1e-5, rtol=0)
+
+
+def test_dispatch_to_torchvision_where_it_imports():
+    """rgtp.ops calls torchvision.ops for float32 inputs where it imports (agreeing with ours), and ours elsewhere."""
+    tvo, reason = _torchvision_ops()
+    assert (ops._torchvision_ops() is None) == (tvo is None) or os.environ.get("RGTP_TORCHVISION") == "0"
+    boxes, scores = random_boxes(200, 51), distinct_scores(200, 52)
+    kept = nms(boxes, scores, 0.5)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ops, "_compiled", lambda x: None)
+        assert kept.tolist() == nms(boxes, scores, 0.5).tolist()
+    if tvo is None:
+        pytest.skip(reason)

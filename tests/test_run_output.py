@@ -280,3 +280,33 @@ def test_a_caption_taller_than_reserved_does_not_end_the_video(tmp_path: Path) -
         for h in (100, 130, 90):
             pictures.write(np.full((h, 64, 3), 200, dtype=np.uint8))
     assert [f.shape for f in read_frames(tmp_path / "v.mp4")] == [(100, 64, 3)] * 3
+
+
+# --- issue 18: several videos at once ------------------------------------------------------------------------------
+
+
+def test_several_videos_run_as_one_batch_and_each_matches_its_own_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rgtp run a b c` steps the videos together (a shorter one leaves the batch when it ends); each video's JSON
+    lines hold the same kept counts and detections as running it alone."""
+    config, weights = _detector(tmp_path)
+    videos = [_video(tmp_path / f"v{i}.mp4", n, hw, seed=i) for i, (n, hw) in enumerate([(5, (64, 96)), (3, (80, 80)),
+                                                                                       (5, (72, 64))])]  # fmt: skip
+    out = tmp_path / "many"
+    args = ["--config", str(config), "--weights", str(weights)]
+    assert main(["run", *map(str, videos), "--out-dir", str(out), *args]) == 0
+    for video in videos:
+        together = _records(out / f"{video.stem}.tiny_vitdet.jsonl")
+        alone_path = tmp_path / f"{video.stem}.alone.jsonl"
+        assert main(["run", str(video), "--jsonl", str(alone_path), *args]) == 0
+        alone = _records(alone_path)
+        assert len(together) == len(alone) and "run_summary" in together[-1]
+        for a, b in zip(alone[:-1], together[:-1], strict=True):
+            assert (a["frame"], a["kind"], a["kept"], a["gmacs"]) == (b["frame"], b["kind"], b["kept"], b["gmacs"])
+            boxes_a = [d["box"] for d in a["outputs"]["detections"]]
+            boxes_b = [d["box"] for d in b["outputs"]["detections"]]
+            assert np.allclose(boxes_a, boxes_b, atol=0.2)
+    assert max(r["batch"] for r in _records(out / "v0.tiny_vitdet.jsonl") if "batch" in r) == 3
+    assert main(["run", *map(str, videos[:2]), "--out", str(tmp_path / "x.mp4"), *args]) == 2
+    assert "several videos write to --out-dir" in capsys.readouterr().err

@@ -17,11 +17,20 @@ or on a preset of the paper::
 
 from rgtp.api import adapt
 from rgtp.build import build_model, build_runner, load_weights
-from rgtp.config import ConfigError, EventfulConfig, Preset, RGTPConfig, ToMeConfig, ViTDetConfig, ViViTConfig
+from rgtp.config import (
+    ConfigError,
+    EventfulConfig,
+    ExecutionConfig,
+    Preset,
+    RGTPConfig,
+    ToMeConfig,
+    ViTDetConfig,
+    ViViTConfig,
+)
 from rgtp.flops import MacCounter
 from rgtp.presets import get_preset, preset_names
 from rgtp.pruning import FrameKind, StreamState
-from rgtp.runtime import ClassStep, Detections, GridStep, run_clip, stream
+from rgtp.runtime import ClassStep, Detections, GridStep, MultiStream, run_clip, stream
 
 __version__ = "0.1.0"
 
@@ -30,9 +39,11 @@ __all__ = [
     "ConfigError",
     "Detections",
     "EventfulConfig",
+    "ExecutionConfig",
     "FrameKind",
     "GridStep",
     "MacCounter",
+    "MultiStream",
     "Preset",
     "RGTPConfig",
     "StreamState",

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from rgtp.adapters import adapter_for
-from rgtp.config import RGTPConfig
+from rgtp.config import ExecutionConfig, RGTPConfig
 from rgtp.runtime.contract import Runner
 from rgtp.runtime.grid_loop import DetectionHead
 from rgtp.runtime.methods import METHODS, MethodConfig, make_runner, with_keep_ratio
@@ -25,6 +25,7 @@ def adapt(
     reset_every: int | None = _AUTO,
     head: DetectionHead | None = _AUTO,
     selector: Selector | None = None,
+    execution: ExecutionConfig | None = None,
 ) -> Runner[Any]:
     """A runner of ``method`` on ``model``, used unchanged (weights shared, nothing converted).
 
@@ -41,6 +42,8 @@ def adapt(
             our ViTDet's detector when it has one, else none: every token is an anchor).
         selector: RGTP only, a :class:`~rgtp.runtime.selectors.Selector` replacing ``selection.policy``'s (e.g. a
             :class:`~rgtp.runtime.selectors.ForcedSelector` replaying given kept sets).
+        execution: how the runner executes, dense and RGTP (:class:`~rgtp.config.ExecutionConfig`: fused attention,
+            bf16 autocast, ``torch.compile`` or CUDA graphs; None: the exact default path).
 
     Returns:
         A runner: ``state = runner.new_state()``, then ``out = runner.step(frames, state)`` for each frame (a batch
@@ -72,7 +75,7 @@ def adapt(
             if not isinstance(config, RGTPConfig):
                 raise ValueError("reset_every is an RGTP setting")
             config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, reset_every=reset_every))
-    return make_runner(view, config, head, selector)
+    return make_runner(view, config, head, selector, execution)
 
 
 def _default_head(model: Any) -> DetectionHead | None:

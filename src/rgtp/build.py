@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rgtp.config import Preset, ViTDetConfig, ViViTConfig
+from rgtp.config import ExecutionConfig, Preset, ViTDetConfig, ViViTConfig
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.runtime.methods import make_runner
@@ -92,11 +92,11 @@ def build_model(preset: Preset, device: torch.device | str = "cpu", seed: int = 
     return model.eval()
 
 
-def build_runner(preset: Preset, model: nn.Module) -> Any:
+def build_runner(preset: Preset, model: nn.Module, execution: ExecutionConfig | None = None) -> Any:
     """The runner of the preset's method on ``model`` (from :func:`build_model`), with its detector attached to
-    ViTDet presets that have a detection head."""
+    ViTDet presets that have a detection head; ``execution``: how it executes (None: the exact default path)."""
     head = model.detect if isinstance(model, ViTDet) and model.head is not None else None
-    return make_runner(model, preset.method_config, head)
+    return make_runner(model, preset.method_config, head, execution=execution)
 
 
 def read_checkpoint(path: Path, map_location: str = "cpu") -> Any:

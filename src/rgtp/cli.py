@@ -4,17 +4,29 @@ evaluation, caching and training."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
+import typing
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rgtp.config import PRECISIONS, ConfigError, Preset, changed, load_config, override, save_config, to_dict
+from rgtp.config import (
+    PRECISIONS,
+    ConfigError,
+    ExecutionConfig,
+    Preset,
+    changed,
+    load_config,
+    override,
+    save_config,
+    to_dict,
+)
 from rgtp.interrupt import Interrupted, exit_status, interrupt_as_exception
 
 if TYPE_CHECKING:
@@ -120,13 +132,30 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _execution(args: argparse.Namespace) -> ExecutionConfig:
+    return ExecutionConfig(attention=args.attention, precision=args.precision, compile=args.compile)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from rgtp.run import run_video
+    from rgtp.run import run_video, run_videos
 
     preset = _resolve(args)
-    jsonl = args.jsonl or str(Path(args.video).with_suffix("").name + f".{preset.name}.jsonl")
+    if len(args.video) > 1:
+        if args.jsonl or args.out or args.compare:
+            raise ValueError("--jsonl, --out and --compare take one video; several videos write to --out-dir")
+        summaries = run_videos(
+            args.video, preset, args.weights, args.out_dir or ".", args.max_frames, args.device, args.strict,
+            _execution(args),
+        )  # fmt: skip
+        for summary in summaries:
+            _report(summary)
+        stopped = summaries[0].interrupted
+        return exit_status(stopped) if stopped else 0
+    video = args.video[0]
+    default = str(Path(video).with_suffix("").name + f".{preset.name}.jsonl")
+    jsonl = args.jsonl or (str(Path(args.out_dir) / default) if args.out_dir else default)
     summary = run_video(
-        args.video,
+        video,
         preset,
         args.weights,
         jsonl,
@@ -137,6 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         strict=args.strict,
         compare=args.compare is not None,
         out_scale=args.out_scale,
+        execution=_execution(args),
     )
     _report(summary)
     return exit_status(summary.interrupted) if summary.interrupted else 0
@@ -151,7 +181,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     video = out_dir / "input.mp4"
     segment = _demo_video(preset, video, args)
     summary = run_video(
-        video, preset, args.weights, out_dir / "frames.jsonl", out_dir / "annotated.mp4", None, args.device, segment
+        video,
+        preset,
+        args.weights,
+        out_dir / "frames.jsonl",
+        out_dir / "annotated.mp4",
+        None,
+        args.device,
+        segment,
+        execution=_execution(args),
     )
     _report(summary)
     return exit_status(summary.interrupted) if summary.interrupted else 0
@@ -556,6 +594,26 @@ def _report(summary: object) -> None:
         print(f"{what}: {path}")
 
 
+def _add_execution_args(p: argparse.ArgumentParser) -> None:
+    """How the runners execute (:class:`rgtp.config.ExecutionConfig`, its allowed values read from its types)."""
+    helps = {
+        "attention": "fused: scaled_dot_product_attention wherever the rollout needs no probabilities",
+        "precision": "bf16 / fp16: the model under autocast (the rollout stays float32)",
+        "compile": "compile: torch.compile the blocks after block 0; graphs: also CUDA graphs on a GPU",
+    }
+    hints = typing.get_type_hints(ExecutionConfig)
+    for f in dataclasses.fields(ExecutionConfig):
+        p.add_argument(
+            f"--{f.name}",
+            default=f.default,
+            choices=typing.get_args(hints[f.name]),
+            help=f"{helps[f.name]} (default: {f.default}; the GPU path: --attention fused --precision bf16 "
+            "--compile graphs)"
+            if f.name == "compile"
+            else f"{helps[f.name]} (default: {f.default})",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rgtp", description="Rollout-Guided Token Pruning for video ViTs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -579,8 +637,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         if name == "run":
-            p.add_argument("video", help="input video file (anything PyAV decodes)")
+            p.add_argument(
+                "video",
+                nargs="+",
+                help="input video file(s), anything PyAV decodes; several videos (ViTDet presets) are stepped together "
+                "as the streams of one batch, each with its own <video>.<preset>.jsonl in --out-dir",
+            )
             p.add_argument("--jsonl", help="per-frame results (default: <video>.<preset>.jsonl)")
+            p.add_argument("--out-dir", help="where the JSON lines go (default: the current directory)")
             p.add_argument("--out", help="annotated video to write (.mp4)")
             p.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
             p.add_argument(
@@ -622,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
             "'random' for random weights",
         )
         p.add_argument("--device", default="cpu", help="cpu or cuda")
+        _add_execution_args(p)
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("evaluate", help="evaluate presets on a dataset (resumable; runs under torchrun)")

@@ -22,6 +22,7 @@ __all__ = [
     "ConfigError",
     "DetectorConfig",
     "EventfulConfig",
+    "ExecutionConfig",
     "Preset",
     "RGTPConfig",
     "RolloutConfig",
@@ -311,6 +312,39 @@ class RGTPConfig:
     def __post_init__(self) -> None:
         _one_of("pruned_output", self.pruned_output, ("stale", "fresh"))
         _one_of("pruned_context", self.pruned_context, ("drop", "buffered"))
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How a runner executes its steps: never what it computes (the kept sets and MAC counts do not change).
+
+    The defaults are the exact path the paper presets' golden outputs were recorded with. The GPU path is
+    ``ExecutionConfig(attention="fused", precision="bf16", compile="graphs")``.
+
+    Attributes:
+        attention: ``explicit`` computes every attention as softmax(q kᵀ) v (models that ship fused, the adapters,
+            stay fused); ``fused`` uses ``scaled_dot_product_attention`` wherever no probabilities are needed,
+            relative positions entering as an additive bias. The rollout's rows are always explicit.
+        precision: ``bf16`` / ``fp16`` run the model under ``torch.autocast``; the rollout, tracking and selection
+            stay float32.
+        compile: ``compile`` compiles the block stack after block 0 with ``torch.compile`` (one graph per step
+            kind: static kept counts); ``graphs`` also captures it in CUDA graphs (``mode="reduce-overhead"``;
+            plain compilation on a CPU).
+    """
+
+    attention: Literal["explicit", "fused"] = "explicit"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: Literal["none", "compile", "graphs"] = "none"
+
+    def __post_init__(self) -> None:
+        _one_of("attention", self.attention, ("explicit", "fused"))
+        _one_of("precision", self.precision, ("fp32", "bf16", "fp16"))
+        _one_of("compile", self.compile, ("none", "compile", "graphs"))
+
+    @property
+    def exact(self) -> bool:
+        """Whether this is the default path (the golden outputs' arithmetic)."""
+        return self == ExecutionConfig()
 
 
 @dataclass(frozen=True)

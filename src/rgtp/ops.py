@@ -9,6 +9,10 @@ Boxes are ``(x1, y1, x2, y2)`` in absolute coordinates ("xyxy"); areas have no `
   bilinear sampling of a bin is separable in y and x, so each output bin is a weighted sum over a small window of
   feature pixels, which :func:`torch.nn.functional.embedding_bag` evaluates without materialising the samples.
 
+Where ``torchvision.ops`` imports (a torchvision built for the installed torch), :func:`nms`, :func:`batched_nms` and
+:func:`roi_align` call its compiled kernels for float32/float64 inputs (the results agree; ``RGTP_TORCHVISION=0``
+turns this off); elsewhere, and for half-precision inputs, the plain PyTorch versions here run.
+
 Everything computes in the input dtype, except that float16/bfloat16 inputs are upcast to float32 for the IoU in
 :func:`nms` / :func:`batched_nms` and for the coordinates, weights and accumulation in :func:`roi_align` (the result
 is cast back to the input dtype).
@@ -16,7 +20,11 @@ is cast back to the input dtype).
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import os
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -25,9 +33,34 @@ from torch import Tensor
 
 __all__ = ["batched_nms", "box_area", "box_iou", "clip_boxes", "nms", "nonempty", "roi_align"]
 
+logger = logging.getLogger(__name__)
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _NMS_BLOCK = 512  # rows of the IoU matrix computed at once by the greedy pass
 _ROI_ALIGN_CHUNK = 1 << 22  # gather taps (index/weight pairs) per embedding_bag call: bounds the index memory
+
+
+# ------------------------------------------------------------------------------------------------------ torchvision
+
+
+@functools.cache
+def _torchvision_ops() -> ModuleType | None:
+    """``torchvision.ops`` when it imports and works with this torch (None otherwise, or with RGTP_TORCHVISION=0)."""
+    if os.environ.get("RGTP_TORCHVISION", "1") == "0":
+        return None
+    try:
+        import torchvision.ops as tv_ops
+
+        tv_ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)  # a CUDA-only build imports but has no CPU kernel
+    except Exception as err:  # a torchvision built for another torch fails in many ways
+        logger.debug("torchvision.ops unavailable (%s); using rgtp.ops' own NMS and RoIAlign", err)
+        return None
+    return tv_ops
+
+
+def _compiled(x: Tensor) -> ModuleType | None:
+    """torchvision.ops for inputs of this dtype, if it is available."""
+    return _torchvision_ops() if x.dtype in (torch.float32, torch.float64) else None
 
 
 # ------------------------------------------------------------------------------------------------------------ boxes
@@ -155,6 +188,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     _check_nms_inputs(boxes, scores)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
+    if (tv := _compiled(boxes)) is not None and scores.dtype == boxes.dtype:
+        return tv.nms(boxes, scores, float(iou_threshold))
     order = _score_order(scores)  # (N,)
     return order[_greedy_sorted(boxes[order], iou_threshold)]
 
@@ -179,6 +214,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     n = boxes.shape[0]
     if n == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
+    if (tv := _compiled(boxes)) is not None and scores.dtype == boxes.dtype:
+        return tv.batched_nms(boxes, scores, idxs, float(iou_threshold))
     order = _score_order(scores)  # (N,) score order
     grouped = order[torch.sort(idxs[order], stable=True).indices]  # (N,) group-major, score order inside a group
     counts = torch.unique_consecutive(idxs[grouped], return_counts=True)[1].tolist()
@@ -327,6 +364,8 @@ def roi_align(
     oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
     if oh <= 0 or ow <= 0:
         raise ValueError(f"output_size must be positive, got {output_size}")
+    if (tv := _compiled(features)) is not None and rois.dtype == features.dtype:
+        return tv.roi_align(features, rois, (oh, ow), spatial_scale, sampling_ratio, aligned)
     B, C, H, W = features.shape
     R = rois.shape[0]
     dtype = torch.float32 if features.dtype in _LOW_PRECISION else features.dtype

@@ -24,7 +24,7 @@ from torch import Tensor
 from rgtp.accounting import Accounting, count_preset
 from rgtp.annotate import ViewGeometry, render_grid_frame, render_vivit_frames, rescale, side_by_side
 from rgtp.build import BUNDLED, build_model, build_runner, load_weights, shipped
-from rgtp.config import Preset, ViTDetConfig, ViViTConfig
+from rgtp.config import ExecutionConfig, Preset, ViTDetConfig, ViViTConfig
 from rgtp.data.views import make_views
 from rgtp.interrupt import StopRequest, graceful_stop
 from rgtp.io.video import VideoWriter, read_frames, video_info
@@ -33,9 +33,11 @@ from rgtp.models.vivit import ViViT, predict_views
 from rgtp.progress import progress_bar
 from rgtp.pruning.schedule import FrameKind
 from rgtp.runtime.driver import run_clip, stream
+from rgtp.runtime.streams import MultiStream
+from rgtp.timing import stopwatch
 from rgtp.viz import PANEL_COLOUR
 
-__all__ = ["RANDOM", "RunSummary", "run_video"]
+__all__ = ["RANDOM", "RunSummary", "run_video", "run_videos"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ def run_video(
     strict: bool = False,
     compare: bool = False,
     out_scale: float = 1.0,
+    execution: ExecutionConfig | None = None,
 ) -> RunSummary:
     """Run ``preset`` over ``video``; write JSON lines to ``jsonl`` and an annotated video to ``out_video``.
 
@@ -108,7 +111,8 @@ def run_video(
     (``summary.interrupted`` says which signal). A video that ends before the frame count its container announces
     (damaged) is processed up to the damage with a warning, or with ``strict`` fails there. ``compare``: run the
     dense model too, draw both side by side and report their agreement (``summary.agreement``). ``out_scale``: the
-    annotated video's size relative to the source.
+    annotated video's size relative to the source. ``execution``: how the runners execute (fused attention,
+    autocast, compilation; None: the exact default path).
     """
     video = Path(video)
     if max_frames is not None and max_frames < 1:
@@ -126,7 +130,7 @@ def run_video(
     info = video_info(video)  # fails early, naming the file, if it is missing or not a video
     model, weights_name = _load_model(preset, weights, device)
     summary = RunSummary(preset.name, str(video), weights_name, model=_model_line(preset, weights_name))
-    options = Options(compare, out_scale, segment_frames)
+    options = Options(compare, out_scale, segment_frames, execution)
     accounting = count_preset(preset)
     total = info.num_frames if max_frames is None else min(max_frames, info.num_frames or max_frames)
     with ExitStack() as stack:
@@ -156,6 +160,107 @@ def run_video(
     return summary
 
 
+def run_videos(
+    videos: list[str | Path],
+    preset: Preset,
+    weights: str | Path | None = None,
+    out_dir: str | Path = ".",
+    max_frames: int | None = None,
+    device: str = "cpu",
+    strict: bool = False,
+    execution: ExecutionConfig | None = None,
+) -> list[RunSummary]:
+    """Run a ViTDet ``preset`` over several videos at once: their frames are stepped together as the streams of one
+    batch (:class:`~rgtp.runtime.streams.MultiStream`), a video that ends leaves the batch.
+
+    Each video gets ``<out_dir>/<stem>.<preset>.jsonl``: a line per frame (as :func:`run_video` writes; ``ms`` is
+    the batched step's time, shared by ``batch`` streams) and the run summary last. SIGINT / SIGTERM stop after the
+    current step with every file closed and valid.
+    """
+    if not isinstance(preset.model, ViTDetConfig):
+        raise ValueError(f"{preset.name}: several videos at once run ViTDet presets (a ViViT clip batches its views)")
+    if len(set(map(str, videos))) != len(videos):
+        raise ValueError("a video is given twice")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    cfg = preset.model
+    infos = [video_info(v) for v in videos]  # fails early, naming the file, if one is missing or not a video
+    model, weights_name = _load_model(preset, weights, device)
+    runner = build_runner(preset, model, execution)
+    accounting, dense_gmacs = count_preset(preset), _dense_gmacs(preset)
+    names = class_names(cfg, weights_name)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries = [RunSummary(preset.name, str(v), weights_name, model=_model_line(preset, weights_name)) for v in videos]
+    total = sum(i.num_frames if max_frames is None else min(max_frames, i.num_frames or max_frames) for i in infos)
+    with ExitStack() as stack:
+        sinks = []
+        for video, summary in zip(videos, summaries, strict=True):
+            path = out_dir / f"{Path(video).stem}.{preset.name}.jsonl"
+            sinks.append(stack.enter_context(open(path, "w")))
+            summary.outputs["jsonl"] = str(path)
+        sources = [read_frames(v, max_frames, strict) for v in videos]
+        active = list(range(len(videos)))  # the videos in the batch, in slot order
+        streams = MultiStream(runner)
+        bar = stack.enter_context(closing(progress_bar(total, f"{preset.name} x {len(videos)} videos")))
+        stop = stack.enter_context(graceful_stop())
+        model_device = next(model.parameters()).device
+        while active and stop.signum is None:
+            batch, ended = _next_frames(sources, active, cfg.img_size, model_device)
+            if ended:
+                streams.drop(ended)
+                active = [v for slot, v in enumerate(active) if slot not in ended]
+            if not batch:
+                break
+            with stopwatch(model_device) as elapsed:
+                outs = streams.step(torch.stack([b[2] for b in batch]))
+            for (v, frame, _, scale), out in zip(batch, outs, strict=True):
+                record = _frame_record(out, frame, scale, cfg, accounting.step_gmacs(out.kind), names)
+                record.update(ms=round(elapsed[0] * 1e3, 2), batch=len(batch), weights=weights_name)
+                _add(summaries[v], record)
+                sinks[v].write(json.dumps(record) + "\n")
+                sinks[v].flush()
+            bar.update(len(batch))
+        for summary, sink in zip(summaries, sinks, strict=True):
+            summary.dense_gmacs = dense_gmacs
+            summary.interrupted = stop.signum
+            if summary.frames:
+                sink.write(json.dumps({"run_summary": summary.record()}) + "\n")
+    if stop.signum is not None:
+        logger.warning("%s: stopped; every output holds the frames finished so far", stop.name)
+    return summaries
+
+
+def _next_frames(
+    sources: list[Iterator[np.ndarray]], active: list[int], size: int, device: torch.device
+) -> tuple[list[tuple[int, np.ndarray, Tensor, float]], set[int]]:
+    """The next frame of each active video: ([(video, frame, model input, scale)], the slots whose video ended)."""
+    batch, ended = [], set()
+    for slot, v in enumerate(active):
+        frame = next(sources[v], None)
+        if frame is None:
+            ended.add(slot)
+        else:
+            image, scale = preprocess_frame(torch.from_numpy(frame).to(device), size)
+            batch.append((v, frame, image, scale))
+    return batch, ended
+
+
+def _frame_record(
+    out: Any, frame: np.ndarray, scale: float, cfg: ViTDetConfig, gmacs: float, names: tuple[str, ...] | None
+) -> dict[str, Any]:
+    """A frame's JSON line (detections in source pixels), without its timing."""
+    found = None if out.detections is None else _source_detections(out.detections[0], scale, frame.shape[:2])
+    return {
+        "frame": out.t,
+        "kind": out.kind.value,
+        "kept": out.num_kept,
+        "tokens": cfg.num_tokens,
+        "gmacs": round(gmacs, 4),
+        "outputs": {"detections": None if found is None else _detections_json(found, names)},
+    }
+
+
 @dataclass(frozen=True)
 class Options:
     """How to run and draw: ``compare`` with the dense model, ``out_scale`` of the annotated video, ViViT segments."""
@@ -163,6 +268,7 @@ class Options:
     compare: bool = False
     out_scale: float = 1.0
     segment_frames: int = 250
+    execution: ExecutionConfig | None = None
 
 
 def _model_line(preset: Preset, weights: str) -> str:
@@ -277,8 +383,8 @@ def _run_vitdet(
 ) -> Iterator[dict[str, Any]]:
     cfg = preset.model
     assert isinstance(cfg, ViTDetConfig)
-    runtime = build_runner(preset, model)
-    dense = _Dense(build_runner(_dense(preset), model)) if options.compare else None
+    runtime = build_runner(preset, model, options.execution)
+    dense = _Dense(build_runner(_dense(preset), model, options.execution)) if options.compare else None
     device = next(model.parameters()).device
     names = class_names(cfg, summary.weights)
     inputs: list[tuple[np.ndarray, Tensor, float]] = []  # the frame being stepped: source, model input, scale
@@ -518,8 +624,8 @@ def _run_vivit(
 ) -> Iterator[dict[str, Any]]:
     assert isinstance(model, ViViT)
     cfg = model.cfg
-    runtime = build_runner(preset, model)
-    dense = build_runner(_dense(preset), model) if options.compare else None
+    runtime = build_runner(preset, model, options.execution)
+    dense = build_runner(_dense(preset), model, options.execution) if options.compare else None
     device = next(model.parameters()).device
     views = preset.views[0] * preset.views[1]
     names = class_names(cfg, summary.weights)

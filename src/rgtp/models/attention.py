@@ -6,9 +6,11 @@ subset of them against every key and value, optionally with the post-softmax pro
 and the head-averaged keys that match pruned tokens. Our :class:`~rgtp.models.layers.Attention` and the adapters of
 other libraries' modules (:mod:`rgtp.adapters`) all go through it, so every method sees the same math on every model.
 
-Probabilities are materialised only when asked for. A spec with ``fused=True`` computes the other calls with
-:func:`torch.nn.functional.scaled_dot_product_attention` when the block has no relative positions (the adapters);
-our own models keep the explicit product, which the paper presets' golden outputs and MAC counts were recorded with.
+Probabilities are materialised only when asked for. Fused attention (a spec with ``fused=True``, the adapters; or
+``fused=True`` per call, :class:`~rgtp.config.ExecutionConfig`) computes every call that needs no probabilities with
+:func:`torch.nn.functional.scaled_dot_product_attention`, relative positions entering as an additive bias. Our own
+models default to the explicit product, which the paper presets' golden outputs were recorded with; both count the
+same MACs.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class AttentionSpec:
         rel_pos_h / rel_pos_w: decomposed relative-position tables (2S - 1, head_dim), or None for none.
         rel_pos_resize: how the tables are resized to another grid (see :func:`rel_pos_table`).
         pad_qkv: (3C,) the qkv of a zero token (the qkv bias), which fills the padding of windows; None: zeros.
-        fused: use scaled_dot_product_attention where no probabilities are needed and no relative positions exist.
+        fused: use scaled_dot_product_attention where no probabilities are needed (relative positions as a bias).
     """
 
     num_heads: int
@@ -132,6 +134,7 @@ def attend(
     query_idx: Tensor | None = None,
     need_probs: bool = False,
     need_keys: bool = False,
+    fused: bool | None = None,
 ) -> AttentionOutput:
     """Attention of the queries ``query_idx`` (all if None) over all N keys and values.
 
@@ -142,36 +145,45 @@ def attend(
         query_idx: (B, Q) indices of the queries to compute, or None for all N.
         need_probs: also return the post-softmax probabilities (global attention only).
         need_keys: also return the head-averaged keys (B, N, head_dim).
+        fused: fused attention where no probabilities are needed (None: the spec's ``fused``).
 
     Returns:
         :class:`AttentionOutput` with ``out`` of shape (B, Q, C).
     """
     keys = split_heads(qkv, spec.num_heads)[1].mean(dim=1) if need_keys else None  # (B, N, d)
+    fused = spec.fused if fused is None else fused
     if spec.window_size:
         if need_probs:
             raise ValueError("attention probabilities are only recorded for global attention")
-        out = _windowed(spec, qkv, grid)  # (B, N, C): windows always run in full
+        out = _windowed(spec, qkv, grid, fused)  # (B, N, C): windows always run in full
         if query_idx is not None:
             out = out.gather(1, query_idx[..., None].expand(-1, -1, out.shape[-1]))  # (B, Q, C)
         return AttentionOutput(out, None, keys)
-    out, probs = _global(spec, qkv, grid, query_idx, need_probs)
+    out, probs = _global(spec, qkv, grid, query_idx, need_probs, fused)
     return AttentionOutput(out, probs, keys)
 
 
 def _global(
-    spec: AttentionSpec, qkv: Tensor, grid: tuple[int, int] | None, query_idx: Tensor | None, need_probs: bool
+    spec: AttentionSpec,
+    qkv: Tensor,
+    grid: tuple[int, int] | None,
+    query_idx: Tensor | None,
+    need_probs: bool,
+    fused: bool,
 ) -> tuple[Tensor, Tensor | None]:
     q, k, v = split_heads(qkv, spec.num_heads)  # (B, h, N, d) each
     if query_idx is not None:
         q = q.gather(2, query_idx[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))  # (B, h, Q, d)
-    if spec.fused and not need_probs and not spec.use_rel_pos:
-        out = F.scaled_dot_product_attention(q, k, v, scale=spec.scale)  # (B, h, Q, d)
+    if spec.use_rel_pos and grid is None:
+        raise ValueError("relative positions need the token grid")
+    if fused and not need_probs:
+        bias = _rel_pos_bias(spec, q, grid, query_idx) if spec.use_rel_pos else None  # (B, h, Q, N)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=spec.scale)  # (B, h, Q, d)
         probs = None
     else:
         logits = (q * spec.scale) @ k.transpose(-2, -1)  # (B, h, Q, N)
         if spec.use_rel_pos:
-            if grid is None:
-                raise ValueError("relative positions need the token grid")
+            assert grid is not None
             logits = _add_rel_pos(spec, logits, q, grid, query_idx)
         probs = logits.softmax(dim=-1)
         out = probs @ v  # (B, h, Q, d)
@@ -179,14 +191,14 @@ def _global(
     return out.transpose(1, 2).reshape(b, nq, h * d), probs if need_probs else None  # (B, Q, C)
 
 
-def _windowed(spec: AttentionSpec, qkv: Tensor, grid: tuple[int, int] | None) -> Tensor:
+def _windowed(spec: AttentionSpec, qkv: Tensor, grid: tuple[int, int] | None, fused: bool) -> Tensor:
     if grid is None:
         raise ValueError("windowed attention needs the token grid")
     b, n, c3 = qkv.shape
     ws = spec.window_size
     # Pad with the qkv of a zero token (the bias): the same as padding the normalised input with zeros.
     windows, padded = window_partition(qkv.view(b, grid[0], grid[1], c3), ws, spec.pad_qkv)  # (B*nW, ws², 3C)
-    out, _ = _global(spec, windows, (ws, ws), None, False)  # (B * nW, ws², C)
+    out, _ = _global(spec, windows, (ws, ws), None, False, fused)  # (B * nW, ws², C)
     return window_unpartition(out, ws, padded, grid).reshape(b, n, -1)  # (B, N, C)
 
 
@@ -217,3 +229,13 @@ def _add_rel_pos(
     grid_logits = logits.view(b, h, nq, gh, gw)  # (B, h, Q, H, W); in place: no new (B, h, Q, N) tensors
     grid_logits.add_(rel_h[..., :, None]).add_(rel_w[..., None, :])
     return logits
+
+
+def _rel_pos_bias(spec: AttentionSpec, q: Tensor, grid: tuple[int, int] | None, query_idx: Tensor | None) -> Tensor:
+    """The relative-position terms as an additive attention bias: (B, h, Q, N), in q's dtype."""
+    assert grid is not None
+    gh, gw = grid
+    rel_h, rel_w = rel_terms(spec, q, grid, query_idx)  # (B, h, Q, H), (B, h, Q, W)
+    b, h, nq, _ = q.shape
+    bias = rel_h[..., :, None] + rel_w[..., None, :]  # (B, h, Q, H, W)
+    return bias.view(b, h, nq, gh * gw).to(q.dtype)

@@ -96,9 +96,9 @@ def mlp_residual(blk: BlockOps, x: Tensor) -> Tensor:
     return x + blk.mlp(blk.norm2(x))
 
 
-def block_forward(blk: BlockOps, x: Tensor, grid: tuple[int, int] | None) -> Tensor:
-    """The dense block: (B, N, C) -> (B, N, C)."""
-    x = x + blk.proj(attend(blk.spec, blk.qkv(blk.norm1(x)), grid).out)
+def block_forward(blk: BlockOps, x: Tensor, grid: tuple[int, int] | None, fused: bool | None = None) -> Tensor:
+    """The dense block: (B, N, C) -> (B, N, C) (``fused``: see :func:`~rgtp.models.attention.attend`)."""
+    x = x + blk.proj(attend(blk.spec, blk.qkv(blk.norm1(x)), grid, fused=fused).out)
     return mlp_residual(blk, x)
 
 

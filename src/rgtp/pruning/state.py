@@ -57,16 +57,56 @@ class StreamState:
     def to(self, device: torch.device | str) -> StreamState:
         """Move every tensor to ``device`` (in place); returns self."""
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _to(getattr(self, f.name), device))
+            setattr(self, f.name, _map(getattr(self, f.name), lambda v: v.to(device)))
         return self
 
+    def take(self, rows: Tensor) -> StreamState:
+        """A new state of the streams ``rows`` (1-D indices into the batch), in that order; other fields (the step
+        index, the grid) are shared values and carry over."""
+        return dataclasses.replace(
+            self, **{f.name: _map(getattr(self, f.name), lambda v: v[rows]) for f in dataclasses.fields(self)}
+        )
 
-def _to(value: Any, device: torch.device | str) -> Any:
+    @classmethod
+    def join(cls, states: list[StreamState]) -> StreamState:
+        """The streams of ``states`` as one batch, in order. Shared values (the step index, ...) are the first
+        state's; a tensor one state lacks (e.g. the drift a reset cleared) is zeros for its streams."""
+        first = states[0]
+        sizes = [s.batch_size() for s in states]
+        joined = {}
+        for f in dataclasses.fields(first):
+            values = [getattr(s, f.name) for s in states]
+            if isinstance(values[0], dict):
+                joined[f.name] = {k: _cat([v.get(k) for v in values], sizes) for k in values[0]}
+            elif any(isinstance(v, Tensor) for v in values):
+                joined[f.name] = _cat(values, sizes)
+        return dataclasses.replace(first, **joined)
+
+    def batch_size(self) -> int | None:
+        """The number of streams (None before the first step)."""
+        return next((v.shape[0] for v in self.tensors().values()), None)
+
+
+def _map(value: Any, fn: Any) -> Any:
+    """``fn`` applied to a tensor or to each tensor of a dict; other values unchanged."""
     if isinstance(value, Tensor):
-        return value.to(device)
+        return fn(value)
     if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
+        return {k: _map(v, fn) for k, v in value.items()}
     return value
+
+
+def _cat(values: list[Tensor | None], sizes: list[int | None]) -> Tensor:
+    """Concatenate along the batch; a missing part becomes zeros of its batch size."""
+    like = next(v for v in values if v is not None)
+    parts = []
+    for v, n in zip(values, sizes, strict=True):
+        if v is None:
+            if n is None:
+                raise ValueError("cannot join a state that has not stepped yet")
+            v = like.new_zeros((n, *like.shape[1:]))
+        parts.append(v)
+    return torch.cat(parts)
 
 
 @dataclass

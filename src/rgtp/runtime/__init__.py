@@ -6,7 +6,9 @@
 - :mod:`~rgtp.runtime.dense`, :mod:`~rgtp.runtime.eventful`, :mod:`~rgtp.runtime.tome`: the dense model and the
   comparison methods behind the same contract;
 - :mod:`~rgtp.runtime.methods`: the method registry and :func:`make_runner`;
-- :mod:`~rgtp.runtime.driver`: :func:`stream` and :func:`run_clip`, the one loop over frames.
+- :mod:`~rgtp.runtime.driver`: :func:`stream` and :func:`run_clip`, the one loop over frames;
+- :mod:`~rgtp.runtime.streams`: :class:`MultiStream`, many independent streams in one batch with per-slot resets;
+- :mod:`~rgtp.runtime.execution`: how runners execute (fused attention, autocast, ``torch.compile``, CUDA graphs).
 """
 
 from rgtp.models.frcnn import Detections
@@ -18,6 +20,7 @@ from rgtp.runtime.eventful import EventfulClass, EventfulGrid, EventfulState
 from rgtp.runtime.grid_loop import RGTPGrid
 from rgtp.runtime.methods import METHODS, make_runner, method_name, register_method
 from rgtp.runtime.selectors import SELECTORS, ForcedSelector, Selector, register_selector
+from rgtp.runtime.streams import MultiStream
 from rgtp.runtime.tome import ToMeClass, ToMeGrid
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "EventfulState",
     "ForcedSelector",
     "GridStep",
+    "MultiStream",
     "RGTPClass",
     "RGTPGrid",
     "Runner",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rgtp.config import RGTPConfig
+from rgtp.config import ExecutionConfig, RGTPConfig
 from rgtp.flops import scope
 from rgtp.models.attention import attend
 from rgtp.models.protocol import ClassModel, mlp_residual
@@ -24,16 +24,17 @@ from rgtp.pruning.selection import complement, match_pruned
 from rgtp.pruning.state import RGTPState
 from rgtp.runtime.common import (
     advance_state,
-    buffered,
     check_stream,
     fill_pruned,
     gather_tokens,
     one_hot_first,
     prefix_rows,
+    refresh,
     scatter_rows_,
     schedule_kind,
 )
 from rgtp.runtime.contract import ClassStep
+from rgtp.runtime.execution import Execution, full_precision
 from rgtp.runtime.selectors import Guide, Selector, build_selector, plan_tokens
 
 __all__ = ["RGTPClass"]
@@ -52,7 +53,13 @@ class RGTPClass:
 
     stateless = False
 
-    def __init__(self, model: ClassModel, cfg: RGTPConfig, selector: Selector | None = None) -> None:
+    def __init__(
+        self,
+        model: ClassModel,
+        cfg: RGTPConfig,
+        selector: Selector | None = None,
+        execution: ExecutionConfig | None = None,
+    ) -> None:
         if cfg.rollout.pool != 1:
             raise ValueError("the class-token rollout is not pooled (rollout.pool must be 1)")
         self.model = model
@@ -60,6 +67,8 @@ class RGTPClass:
         self.selector = build_selector(cfg) if selector is None else selector
         if self.selector.needs_anchors:
             raise ValueError(f"selection policy {cfg.selection.policy!r} needs detections: it is for grid models")
+        self.execution = Execution(execution)
+        self._run_body = self.execution.compiled(self._body)
 
     def new_state(self) -> RGTPState:
         return RGTPState()
@@ -68,52 +77,79 @@ class RGTPClass:
     def step(self, inputs: Tensor, state: RGTPState) -> ClassStep:
         """One step of every stream in the batch (the model's inputs: ViViT, (B, N, C) tubelet embeddings before
         positions; image models, (B, 3, H, W) preprocessed frames)."""
+        with self.execution.autocast(inputs.device):
+            return self._step(inputs, state)
+
+    def _step(self, inputs: Tensor, state: RGTPState) -> ClassStep:
         cfg, model, p = self.cfg, self.model, self.model.num_prefix
         embeds, grid = model.embed(inputs)  # (B, N, C)
+        track, up = self.execution.upcast(embeds), self.execution.upcast  # the rollout's inputs: float32
         kind, drift = schedule_kind(cfg.schedule, state, embeds)
         check_stream(state, embeds, grid, kind)
         x = model.tokens(embeds, grid)  # (B, P + N, C)
         blk, rollout = model.blocks[0], self.selector.uses_rollout
         need_keys = rollout and kind is not FrameKind.FULL and cfg.rollout.pruned_fill == "match"
-        att = attend(blk.spec, blk.qkv(blk.norm1(x)), None, need_probs=rollout, need_keys=need_keys)
+        att = attend(
+            blk.spec, blk.qkv(blk.norm1(x)), None, need_probs=rollout, need_keys=need_keys, fused=self.execution.fused
+        )
         x = x + blk.proj(att.out)
         base = x if cfg.pruned_output == "fresh" and model.dense_output else None  # (B, P + N, C)
         prune = match = None
         fused: list[Tensor] = []
-        with scope("rgtp"):
+        with scope("rgtp"), full_precision(x):
             if rollout:
-                fused.append(fuse_heads(att.probs, cfg.rollout.head_fusion))  # (B, P + N, P + N)
-            keep, scores, kind = plan_tokens(kind, self.selector, state, embeds, grid, cfg)
+                fused.append(fuse_heads(up(att.probs), cfg.rollout.head_fusion))  # (B, P + N, P + N)
+            keep, scores, kind = plan_tokens(kind, self.selector, state, track, grid, cfg)
             if keep is not None and rollout:
                 prune = complement(keep, embeds.shape[1])  # (B, N - K)
-                match = match_pruned(att.keys[:, p:], keep, prune) if need_keys else None
+                match = match_pruned(up(att.keys[:, p:]), keep, prune) if need_keys else None
         if keep is not None:
             x = torch.cat([x[:, :p], gather_tokens(x[:, p:], keep)], dim=1)  # (B, P + K, C)
-        x = mlp_residual(blk, x)
-        context = cfg.pruned_context == "buffered"
         rows = None if keep is None else prefix_rows(keep, p)  # (B, P + K) rows of the kept tokens
-        for i, blk in enumerate(model.blocks[1:], start=1):
-            qkv = blk.qkv(blk.norm1(x))  # (B, P + K, 3C)
-            if context:  # the kept queries against every token's keys and values (pruned ones: last computed)
-                att = attend(blk.spec, buffered(state.qkv, i, qkv, rows), None, query_idx=rows, need_probs=rollout)
-            else:
-                att = attend(blk.spec, qkv, None, need_probs=rollout)
-            if rollout:
-                with scope("rgtp"):
-                    probs = fuse_heads(att.probs, cfg.rollout.head_fusion)  # (B, P + K, P + K or P + N)
-                    if context and rows is not None:
-                        probs = probs.gather(2, rows[:, None, :].expand(-1, probs.shape[1], -1))  # (B, P+K, P+K)
-                    fused.append(probs)
-            x = mlp_residual(blk, x + blk.proj(att.out))
+        x, probs = self._run_body(x, rows, state.qkv)
+        with scope("rgtp"), full_precision(x):
+            for i in sorted(probs):
+                attn = fuse_heads(up(probs[i]), cfg.rollout.head_fusion)  # (B, P + K, P + K or P + N)
+                if cfg.pruned_context == "buffered" and rows is not None:
+                    attn = attn.gather(2, rows[:, None, :].expand(-1, attn.shape[1], -1))  # (B, P + K, P + K)
+                fused.append(attn)
         pooled, tokens = model.finish(self._whole(state, x, keep, base) if model.dense_output else x)
 
-        with scope("rgtp"):
+        with scope("rgtp"), full_precision(x):
             importance = self.selector.guide(Guide(lambda: self._importance(fused, keep, prune, state, match), None))
         num_kept = embeds.shape[1] if keep is None else keep.shape[1]
         out = ClassStep(state.t, kind, num_kept, keep, scores, importance, pooled, tokens)
         advance_state(cfg, state, kind, keep, drift, embeds)
-        state.importance, state.features, state.grid, state.t = importance, embeds, grid, state.t + 1
+        state.importance, state.features, state.grid, state.t = (
+            importance,
+            track,
+            grid,
+            state.t + 1,
+        )
         return out
+
+    def _body(self, x: Tensor, rows: Tensor | None, qkv: dict[int, Tensor]) -> tuple[Tensor, dict[int, Tensor]]:
+        """Block 0's MLP and blocks 1.. on the prefix and kept tokens x (B, P + K, C) after block 0's attention
+        (``rows``: their rows among all P + N tokens; None: all). With buffered context, the kept queries attend to
+        every token's keys and values (pruned ones: their last computed; the stream's qkv buffers, by block).
+        Returns (the last block's tokens (B, P + K, C), the attention probabilities the rollout reads, by block)."""
+        blocks, rollout, fused = self.model.blocks, self.selector.uses_rollout, self.execution.fused
+        context = self.cfg.pruned_context == "buffered"
+        probs: dict[int, Tensor] = {}
+        x = mlp_residual(blocks[0], x)
+        for i in range(1, len(blocks)):
+            blk = blocks[i]
+            h = blk.qkv(blk.norm1(x))  # (B, P + K, 3C)
+            if context:  # the kept queries against every token's keys and values (pruned ones: last computed)
+                qkv[i] = refresh(qkv.get(i), rows, h, self.execution.inplace)  # (B, P + N, 3C)
+                att = attend(blk.spec, qkv[i], None, query_idx=rows, need_probs=rollout, fused=fused)
+            else:
+                att = attend(blk.spec, h, None, need_probs=rollout, fused=fused)
+            if rollout:
+                assert att.probs is not None
+                probs[i] = att.probs
+            x = mlp_residual(blk, x + blk.proj(att.out))
+        return x, probs
 
     def _whole(self, state: RGTPState, x: Tensor, keep: Tensor | None, base: Tensor | None = None) -> Tensor:
         """Every token's output (B, P + N, C): the kept ones from x (B, P + K, C), the pruned ones from the buffer.

@@ -12,13 +12,13 @@ from rgtp.pruning.state import RGTPState
 
 __all__ = [
     "advance_state",
-    "buffered",
     "check_stream",
     "fill_pruned",
     "gather_tokens",
     "kept_count",
     "one_hot_first",
     "prefix_rows",
+    "refresh",
     "scatter_rows_",
     "schedule_kind",
 ]
@@ -73,16 +73,16 @@ def one_hot_first(b: int, n: int, like: Tensor) -> Tensor:
     return w
 
 
-def buffered(buffers: dict[int, Tensor], key: int, rows: Tensor, keep: Tensor | None) -> Tensor:
-    """Refresh a (B, N, C) buffer with the rows just computed ((B, K, C) at ``keep``, or all (B, N, C) when keep is
-    None) and return the whole buffer."""
+def refresh(buffer: Tensor | None, keep: Tensor | None, rows: Tensor, inplace: bool = True) -> Tensor:
+    """A (B, N, C) buffer with the rows just computed: all of them ((B, N, C), keep None) or (B, K, C) rows at
+    ``keep`` (B, K), written in place or into a copy (``inplace=False``: captured graphs must not mutate inputs)."""
     if keep is None:
-        buffers[key] = rows
-    else:
-        if key not in buffers:
-            raise RuntimeError(f"buffer {key} is empty: the stream must start with a full step (reset())")
-        scatter_rows_(buffers[key], keep, rows)
-    return buffers[key]
+        return rows
+    if buffer is None:
+        raise RuntimeError("a buffer is empty: the stream must start with a full step (reset())")
+    if inplace:
+        return scatter_rows_(buffer, keep, rows.to(buffer.dtype))
+    return buffer.scatter(1, keep[..., None].expand(-1, -1, buffer.shape[-1]), rows.to(buffer.dtype))
 
 
 def prefix_rows(keep: Tensor, num_prefix: int) -> Tensor:

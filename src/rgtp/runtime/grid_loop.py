@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from rgtp.config import RGTPConfig
+from rgtp.config import ExecutionConfig, RGTPConfig
 from rgtp.flops import scope
 from rgtp.models.attention import attend
 from rgtp.models.frcnn import Detections
@@ -36,14 +36,15 @@ from rgtp.pruning.selection import complement, match_pruned
 from rgtp.pruning.state import RGTPState
 from rgtp.runtime.common import (
     advance_state,
-    buffered,
     check_stream,
     fill_pruned,
     gather_tokens,
+    refresh,
     scatter_rows_,
     schedule_kind,
 )
 from rgtp.runtime.contract import GridStep
+from rgtp.runtime.execution import Execution, full_precision
 from rgtp.runtime.selectors import Guide, Selector, build_selector, plan_tokens
 
 __all__ = ["DetectionHead", "GridRunner", "RGTPGrid", "anchors_of"]
@@ -108,13 +109,20 @@ class RGTPGrid(GridRunner):
     """
 
     def __init__(
-        self, model: GridModel, cfg: RGTPConfig, head: DetectionHead | None = None, selector: Selector | None = None
+        self,
+        model: GridModel,
+        cfg: RGTPConfig,
+        head: DetectionHead | None = None,
+        selector: Selector | None = None,
+        execution: ExecutionConfig | None = None,
     ) -> None:
         super().__init__(model, head)
         self.cfg = cfg
         self.selector = build_selector(cfg) if selector is None else selector
         if self.selector.needs_anchors and head is None:
             raise ValueError("box-token selection needs the previous frame's detections: attach a detection head")
+        self.execution = Execution(execution)
+        self._run_body = self.execution.compiled(self._body)
 
     def new_state(self) -> RGTPState:
         return RGTPState()
@@ -122,43 +130,44 @@ class RGTPGrid(GridRunner):
     @torch.no_grad()
     def step(self, images: Tensor, state: RGTPState) -> GridStep:
         """Process one frame of each stream in the batch: (B, 3, H, W) preprocessed images."""
-        cfg, blocks = self.cfg, self.model.blocks
+        with self.execution.autocast(images.device):
+            return self._step(images, state)
+
+    def _step(self, images: Tensor, state: RGTPState) -> GridStep:
+        cfg, blk = self.cfg, self.model.blocks[0]
         embeds, grid = self.model.embed(images)  # (B, N, C)
+        track = self.execution.upcast(embeds)  # the tracking features, float32 under autocast
         kind, drift = schedule_kind(cfg.schedule, state, embeds)
         check_pool(grid, cfg.rollout.pool)
         check_stream(state, embeds, grid, kind)
         x = with_position(embeds, self.model.position(grid))
         buffers = {-1: x} if -1 in self.model.output_blocks else {}
 
-        # Block 0: attention on every token, then prune, then the MLP on the kept tokens.
-        blk, rollout = blocks[0], self.selector.uses_rollout
+        # Block 0: attention on every token (with the rows the rollout reads), then choose the kept tokens.
+        rollout = self.selector.uses_rollout
         need_keys = rollout and kind is not FrameKind.FULL and cfg.rollout.pruned_fill == "match"
-        att = attend(
-            blk.spec, blk.qkv(blk.norm1(x)), grid, need_probs=blk.spec.is_global and rollout, need_keys=need_keys
-        )
+        need_probs = blk.spec.is_global and rollout
+        qkv0 = blk.qkv(blk.norm1(x))  # (B, N, 3C)
+        att = attend(blk.spec, qkv0, grid, need_probs=need_probs, need_keys=need_keys, fused=self.execution.fused)
         keys0 = att.keys  # (B, N, d) head-averaged keys of block 0, to match pruned tokens to kept ones
         x = x + blk.proj(att.out)
         base = x if cfg.pruned_output == "fresh" else None  # (B, N, C): every token's stream after attention 0
-        with scope("rgtp"):
-            if blk.spec.is_global and rollout:
+        with scope("rgtp"), full_precision(x):
+            if need_probs:
                 self._record_rows(state, 0, att.probs, None, grid)
-            keep, scores, kind = plan_tokens(kind, self.selector, state, embeds, grid, cfg)
+            keep, scores, kind = plan_tokens(kind, self.selector, state, track, grid, cfg)
         if keep is not None:
             x = gather_tokens(x, keep)  # (B, K, C)
-        x = self._output(buffers, state, 0, mlp_residual(blk, x), keep, base)
 
-        # Blocks 1..: kept tokens only, with buffered qkv for the others.
-        for i in range(1, len(blocks)):
-            blk = blocks[i]
-            qkv = buffered(state.qkv, i, blk.qkv(blk.norm1(x)), keep)  # (B, N, 3C)
-            att = attend(blk.spec, qkv, grid, query_idx=keep, need_probs=blk.spec.is_global and rollout)
-            if blk.spec.is_global and rollout:
-                with scope("rgtp"):
-                    self._record_rows(state, i, att.probs, keep, grid)
-            x = self._output(buffers, state, i, mlp_residual(blk, x + blk.proj(att.out)), keep, base)
+        # The rest (block 0's MLP, blocks 1..) on the kept tokens only, with buffered qkv and outputs for the others.
+        read, probs = self._run_body(x, keep, base, state.qkv, state.outputs, grid)
+        buffers.update(read)
+        with scope("rgtp"), full_precision(x):
+            for i in sorted(probs):
+                self._record_rows(state, i, probs[i], keep, grid)
 
         features, detections = self.outputs(buffers, grid)
-        with scope("rgtp"):
+        with scope("rgtp"), full_precision(x):
             guide = Guide(
                 lambda: self._importance(state, detections, keep, keys0, grid),
                 lambda: self._anchors(detections, embeds.shape[0], grid, embeds.device),
@@ -167,29 +176,63 @@ class RGTPGrid(GridRunner):
         num_kept = embeds.shape[1] if keep is None else keep.shape[1]
         out = GridStep(state.t, kind, num_kept, keep, scores, importance, features, detections)
         advance_state(cfg, state, kind, keep, drift, embeds)
-        state.importance, state.features, state.grid, state.t = importance, embeds, grid, state.t + 1
+        state.importance, state.features, state.grid, state.t = (
+            importance,
+            track,
+            grid,
+            state.t + 1,
+        )
         return out
+
+    def _body(
+        self,
+        x: Tensor,
+        keep: Tensor | None,
+        base: Tensor | None,
+        qkv: dict[int, Tensor],
+        outputs: dict[int, Tensor],
+        grid: tuple[int, int],
+    ) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+        """Block 0's MLP and blocks 1.. on the tokens ``keep`` ((B, K); None: all), x (B, K, C) after block 0's
+        attention; refreshes the stream's qkv and output buffers (the dicts, by block). Returns (the whole-grid
+        outputs the model reads, by block; the attention probabilities of the global blocks the rollout reads)."""
+        blocks, rollout, inplace = self.model.blocks, self.selector.uses_rollout, self.execution.inplace
+        read: dict[int, Tensor] = {}
+        probs: dict[int, Tensor] = {}
+        x = self._output(read, outputs, 0, mlp_residual(blocks[0], x), keep, base)
+        for i in range(1, len(blocks)):
+            blk = blocks[i]
+            need_probs = blk.spec.is_global and rollout
+            qkv[i] = refresh(qkv.get(i), keep, blk.qkv(blk.norm1(x)), inplace)  # (B, N, 3C)
+            att = attend(blk.spec, qkv[i], grid, query_idx=keep, need_probs=need_probs, fused=self.execution.fused)
+            if need_probs:
+                assert att.probs is not None
+                probs[i] = att.probs
+            x = self._output(read, outputs, i, mlp_residual(blk, x + blk.proj(att.out)), keep, base)
+        return read, probs
 
     def _output(
         self,
-        buffers: dict[int, Tensor],
-        state: RGTPState,
+        read: dict[int, Tensor],
+        outputs: dict[int, Tensor],
         i: int,
         x: Tensor,
         keep: Tensor | None,
         base: Tensor | None = None,
     ) -> Tensor:
-        """Buffer block i's output when the model reads it (whole grid); returns x unchanged.
+        """Buffer block i's output when the model reads it (whole grid, into ``read``); returns x unchanged.
 
         With ``base`` (fresh outputs: (B, N, C) every token's stream after block 0's attention), the buffer holds
         each token's output minus its base when it was last processed, and the model reads this step's base plus
         that change (exactly the output for the tokens processed now)."""
         if i in self.model.output_blocks:
+            inplace = self.execution.inplace
             if base is None:
-                buffers[i] = buffered(state.outputs, i, x, keep)
+                outputs[i] = read[i] = refresh(outputs.get(i), keep, x, inplace)
             else:
                 delta = x - (base if keep is None else gather_tokens(base, keep))  # (B, K, C)
-                buffers[i] = base + buffered(state.outputs, i, delta, keep)
+                outputs[i] = refresh(outputs.get(i), keep, delta, inplace)
+                read[i] = base + outputs[i]
         return x
 
     def _record_rows(
@@ -197,7 +240,7 @@ class RGTPGrid(GridRunner):
     ) -> None:
         """Fuse heads and store this block's attention rows for the rollout (pooled at pool > 1)."""
         assert probs is not None
-        fused = fuse_heads(probs, self.cfg.rollout.head_fusion)  # (B, Q, N)
+        fused = fuse_heads(self.execution.upcast(probs), self.cfg.rollout.head_fusion)  # (B, Q, N)
         pool = self.cfg.rollout.pool
         if pool > 1:
             fused = pool_key_columns(fused, grid, pool)  # (B, Q, N / p²)

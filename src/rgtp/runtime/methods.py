@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from rgtp.adapters import adapter_for
-from rgtp.config import EventfulConfig, RGTPConfig, ToMeConfig
+from rgtp.config import EventfulConfig, ExecutionConfig, RGTPConfig, ToMeConfig
 from rgtp.runtime.cls_loop import RGTPClass
 from rgtp.runtime.contract import Runner
 from rgtp.runtime.dense import DenseClass, DenseGrid
@@ -35,24 +35,31 @@ class Method:
     Attributes:
         config_type: the type of its config (None: it has no settings).
         defaults: its default config per model family ("grid", "cls").
-        grid / cls: runner builders, (view, config, head, selector) -> runner; ``cls`` builders get no head.
+        grid / cls: runner builders, (view, config, head, selector, execution) -> runner; ``cls`` builders get no
+            head.
         keep_ratio: the config with its keep ratio replaced, or None if the method has none.
     """
 
     config_type: type | None
     defaults: dict[str, Any]
-    grid: Callable[[Any, Any, DetectionHead | None, Selector | None], Any]
-    cls: Callable[[Any, Any, Selector | None], Any]
+    grid: Callable[[Any, Any, DetectionHead | None, Selector | None, ExecutionConfig | None], Any]
+    cls: Callable[[Any, Any, Selector | None, ExecutionConfig | None], Any]
     keep_ratio: Callable[[Any, float], Any] | None = None
 
 
-def _no_selector(name: str, build: Callable[..., Any]) -> Callable[..., Any]:
-    """A builder for a method that takes no token selector (an RGTP setting)."""
+def _no_selector(name: str, build: Callable[..., Any], execution: bool = False) -> Callable[..., Any]:
+    """A builder for a method that takes no token selector (an RGTP setting), and passes its execution settings on
+    (``execution``) or takes none but the default."""
 
     def checked(*args: Any) -> Any:
-        if args[-1] is not None:
+        *args, selector, settings = args
+        if selector is not None:
             raise ValueError(f"a token selector is an RGTP setting; method {name!r} takes none")
-        return build(*args[:-1])
+        if execution:
+            return build(*args, settings)
+        if settings is not None and not settings.exact:
+            raise ValueError(f"method {name!r} has no execution settings (fused attention, autocast, compile)")
+        return build(*args)
 
     return checked
 
@@ -90,8 +97,8 @@ METHODS: dict[str, Method] = {
     "dense": Method(
         None,
         {},
-        _no_selector("dense", lambda m, c, h: DenseGrid(m, h)),
-        _no_selector("dense", lambda m, c: DenseClass(m)),
+        _no_selector("dense", lambda m, c, h, e: DenseGrid(m, h, e), execution=True),
+        _no_selector("dense", lambda m, c, e: DenseClass(m, e), execution=True),
     ),
     "rgtp": Method(
         RGTPConfig, {"grid": _RGTP_GRID, "cls": _RGTP_CLS}, RGTPGrid, RGTPClass, _replace("selection.keep_ratio")
@@ -145,6 +152,7 @@ def make_runner(
     method: MethodConfig | str = "rgtp",
     head: DetectionHead | None = None,
     selector: Selector | None = None,
+    execution: ExecutionConfig | None = None,
 ) -> Runner[Any]:
     """A runner of ``method`` on ``model``.
 
@@ -154,6 +162,7 @@ def make_runner(
         method: a method's config, None for the dense model, or a registered name (its default config).
         head: a detection head for grid models (its detections anchor RGTP's rollout).
         selector: RGTP only, a selector object replacing the one ``selection.policy`` names.
+        execution: how the runner executes (dense and RGTP; None: the exact default path).
     """
     view = adapter_for(model)
     if isinstance(method, str):
@@ -164,7 +173,7 @@ def make_runner(
         name, config = method_name(method), method
     entry = METHODS[name]
     if view.family == "grid":
-        return entry.grid(view, config, head, selector)
+        return entry.grid(view, config, head, selector, execution)
     if head is not None:
         raise ValueError("a detection head attaches to grid models only")
-    return entry.cls(view, config, selector)
+    return entry.cls(view, config, selector, execution)
