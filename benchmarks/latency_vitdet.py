@@ -48,7 +48,7 @@ VARIANTS = {
     672: ("vitdet_vid_672_keep512", "vitdet_vid_672_keep196"),
     1024: ("vitdet_vid_1024_keep750", "vitdet_vid_1024_keep400"),
 }
-FULL_FRACTION = 0.1266  # FULL frames among all ImageNet VID val frames (spec §10.2)
+FULL_FRACTION = 0.1266  # FULL frames among all ImageNet VID val frames (method §10.2)
 SPEEDUP_TARGET = 0.85  # PRUNED-frame speedup >= 85% of the GMAC ratio (first variant)
 OVERHEAD_TARGET_PCT = 5.0  # warp + selection + rollout < 5% of a PRUNED frame
 OVERHEAD_PIECES = ("warp", "select", "rows", "rollout")

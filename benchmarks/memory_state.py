@@ -1,7 +1,7 @@
 """Per-stream RGTP state memory of ViTDet-B, compared with the dense backbone's activation memory.
 
 1. State: one FULL and one PRUNED ``RGTPGrid.step`` on meta tensors (shapes only, no compute), then
-   ``StreamState.tensors()`` summed by component and compared with the table of spec §8.
+   ``StreamState.tensors()`` summed by component and compared with the table of method §8.
 2. Dense activations: a fresh subprocess builds the model with random fp32 weights, then runs one ``model.net``
    forward under ``no_grad``; the growth of ``ru_maxrss`` over the forward is the measured peak activation memory.
    An analytic lower bound (the largest tensors that must be live at once) is printed next to it.
@@ -30,7 +30,7 @@ from rgtp.models.vitdet import ViTDet
 from rgtp.presets import get_preset
 from rgtp.runtime.grid_loop import RGTPGrid
 
-MB = 1e6  # decimal megabytes, as in spec §8
+MB = 1e6  # decimal megabytes, as in method §8
 VARIANTS = {672: "vitdet_vid_672_keep512", 1024: "vitdet_vid_1024_keep750"}
 COMPONENTS = ("qkv", "outputs", "attn_rows", "importance", "features")
 LABELS = {
@@ -161,7 +161,7 @@ def analytic_dense(size: int) -> dict[str, Any]:
 
 def print_state_table(states: dict[int, dict[str, Any]]) -> None:
     sizes = sorted(states)
-    head = " | ".join(f"{s} FULL | {s} PRUNED | spec §8 ({s})" for s in sizes)
+    head = " | ".join(f"{s} FULL | {s} PRUNED | method §8 ({s})" for s in sizes)
     print(f"\nRGTP per-stream state (MB, fp32, batch 1):\n\n| component | {head} |")
     print("|---" + "|---:" * (3 * len(sizes)) + "|")
     for comp in COMPONENTS:

@@ -292,7 +292,7 @@ def test_anchor_buffers_and_cls_free_pos_embed(tmp_path) -> None:
 
 
 def eventful_layout(detectron2: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a detectron2 state dict into the reference code's layout (spec §12.6), written out literally."""
+    """Rename a detectron2 state dict into the reference code's layout (method §12.6), written out literally."""
     block = {
         "norm1": "input_layer_norm",
         "attn.qkv": "qkv",

@@ -1,4 +1,4 @@
-"""The Eventful Transformers baseline (token-wise gates, spec §9) on tiny versions of the benchmark's models."""
+"""The Eventful Transformers baseline (token-wise gates, method §9) on tiny versions of the benchmark's models."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for rgtp.flops.MacCounter (spec §10.1 conventions, §10.2 closed forms)."""
+"""Tests for rgtp.flops.MacCounter (method §10.1 conventions, §10.2 closed forms)."""
 
 from __future__ import annotations
 

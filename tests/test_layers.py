@@ -1,4 +1,4 @@
-"""Tests for rgtp.models.layers: windows, relative positions, attention with query subsets (spec §2)."""
+"""Tests for rgtp.models.layers: windows, relative positions, attention with query subsets (method §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for rgtp.pruning.rollout against naive loop references (spec §5)."""
+"""Tests for rgtp.pruning.rollout against naive loop references (method §5)."""
 
 from __future__ import annotations
 
@@ -203,7 +203,7 @@ def test_rollout_first_keep_restricts_after_normalisation_with_larger_first(form
     want = naive_rollout([first, *rest], w, keep)
     assert got.shape == (2, n)
     assert_close(got, want)
-    assert (got.sum(-1) < 1.0 - 1e-6).all()  # mass that flowed to dropped tokens is lost (spec §5.4)
+    assert (got.sum(-1) < 1.0 - 1e-6).all()  # mass that flowed to dropped tokens is lost (method §5.4)
 
 
 @pytest.mark.parametrize("form", ["forward", "backward"])

@@ -1,4 +1,4 @@
-"""Tests for rgtp.pruning.selection (spec §7 and §15)."""
+"""Tests for rgtp.pruning.selection (method §7 and §15)."""
 
 from __future__ import annotations
 

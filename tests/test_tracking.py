@@ -1,4 +1,4 @@
-"""Tests for rgtp.pruning.tracking against a naive loop implementation of spec §6."""
+"""Tests for rgtp.pruning.tracking against a naive loop implementation of method §6."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _offsets(radius: int) -> list[tuple[int, int]]:
 
 def naive_best_offsets(feat, prev, grid, radius, pct=None, mode="reference") -> torch.Tensor:
     """Raw dot products, first offset on ties, optional relative threshold. ``reference``: out-of-grid candidates
-    score 0.0 and every score of exactly 0.0 becomes -100 (spec §6 rules 2-4); ``exclude``: they are skipped."""
+    score 0.0 and every score of exactly 0.0 becomes -100 (method §6 rules 2-4); ``exclude``: they are skipped."""
     h, w = grid
     b, n, _ = feat.shape
     offs = _offsets(radius)

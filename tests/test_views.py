@@ -1,4 +1,4 @@
-"""The 3x4 multi-view sampling of the ViViT protocol (spec §12.2)."""
+"""The 3x4 multi-view sampling of the ViViT protocol (method §12.2)."""
 
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ or on a preset of the paper::
     preset = rgtp.get_preset("vitdet_vid_672_keep512")
     model = rgtp.build_model(preset)
     runner = rgtp.build_runner(preset, model)
+
+Throughout the code, "method §N" cites section N of the documentation page ``docs/method.md`` (the method, section
+by section, as the reference code does it).
 """
 
 from rgtp.api import adapt

@@ -27,7 +27,7 @@ from rgtp.runtime.selectors import RolloutSelector, Selector, UniformSelector, b
 
 __all__ = ["FULL_FRACTION_VID_VAL", "Accounting", "count_preset"]
 
-FULL_FRACTION_VID_VAL = 0.1266  # FULL frames among VID val frames with a full frame every 8 (spec §10.2)
+FULL_FRACTION_VID_VAL = 0.1266  # FULL frames among VID val frames with a full frame every 8 (method §10.2)
 
 
 @dataclass

@@ -67,7 +67,7 @@ def _one_of(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """The Faster R-CNN head of ViTDet-VID on the simple feature pyramid (spec §1.1; detectron2 conventions).
+    """The Faster R-CNN head of ViTDet-VID on the simple feature pyramid (method §1.1; detectron2 conventions).
 
     Defaults are the paper's model: RPN over p2..p6 and a 4-conv + 1-fc box head on p2..p5, 30 ImageNet VID classes.
     """
@@ -105,7 +105,7 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class ViTDetConfig:
-    """ViTDet backbone + simple feature pyramid (spec §1.1). Defaults: ViTDet-B at 1024."""
+    """ViTDet backbone + simple feature pyramid (method §1.1). Defaults: ViTDet-B at 1024."""
 
     img_size: int = 1024  # side of the square (padded) input
     patch_size: int = 16
@@ -146,7 +146,7 @@ class ViTDetConfig:
 
 @dataclass(frozen=True)
 class ViViTConfig:
-    """ViViT factorised encoder (spec §1.2). Defaults: ViViT-B/16x2 for Kinetics-400."""
+    """ViViT factorised encoder (method §1.2). Defaults: ViViT-B/16x2 for Kinetics-400."""
 
     img_size: int = 224
     num_frames: int = 32
@@ -189,7 +189,7 @@ class ViViTConfig:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """Which tokens ROLLOUT steps keep (spec §7)."""
+    """Which tokens ROLLOUT steps keep (method §7)."""
 
     keep_ratio: float = 0.29  # rho: K_fg = round(rho * N) top tokens of the warped heatmap
     fg_ratio: float = 1.0  # keep every round(1 / fg_ratio)-th of the K_fg top tokens, by rank
@@ -222,7 +222,7 @@ class SelectionConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Which steps are reset steps (spec §7.6)."""
+    """Which steps are reset steps (method §7.6)."""
 
     reset_every: int | None = 8  # steps t > 0 with t % reset_every == 0 are reset steps (None: never)
     reset_mode: Literal["full", "grid"] = "full"  # full: process every token; grid: keep a fixed pattern
@@ -261,7 +261,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """How the importance heatmap is computed (spec §5)."""
+    """How the importance heatmap is computed (method §5)."""
 
     head_fusion: Literal["rms", "mean"] = "rms"
     pool: int = 1  # pool the rollout over pool x pool token cells (2 at 672)
@@ -279,7 +279,7 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """The local offset search that carries the heatmap to the next frame (spec §6)."""
+    """The local offset search that carries the heatmap to the next frame (method §6)."""
 
     radius: int = 1  # search offsets in [-radius, radius]²; 0 disables tracking
     rel_threshold_pct: float | None = None  # move only if the best score beats the zero offset by this percentage
@@ -349,7 +349,7 @@ class ExecutionConfig:
 
 @dataclass(frozen=True)
 class EventfulConfig:
-    """The Eventful Transformers baseline (spec §9): token-wise gates that recompute the k most changed tokens.
+    """The Eventful Transformers baseline (method §9): token-wise gates that recompute the k most changed tokens.
 
     Exactly one of ``k`` (tokens per gate) and ``keep_ratio`` (k = round(keep_ratio * N) for N patch tokens) is
     given. A ViViT class token is always recomputed on top of the k patch tokens. ``global_attention`` is how global

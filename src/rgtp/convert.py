@@ -1,4 +1,4 @@
-"""Convert official checkpoints into rgtp state dicts, strictly (spec §12.6).
+"""Convert official checkpoints into rgtp state dicts, strictly (method §12.6).
 
 Every source key must match a rule: it is either renamed onto one of our parameters or explicitly dropped. Anything
 unmatched, any parameter left without a source, and any shape mismatch is reported together in one

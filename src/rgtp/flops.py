@@ -4,7 +4,7 @@
 code path taken (pruned or not) rather than a formula. It works on meta tensors, so full-size models are counted
 without computing anything.
 
-Convention (the reference's, spec §10.1): one unit per multiply-accumulate of a product (linear layers, matmuls,
+Convention (the reference's, method §10.1): one unit per multiply-accumulate of a product (linear layers, matmuls,
 einsums, convolutions, scaled-dot-product attention), plus one unit per output element of a tensor-tensor addition
 (biases, residuals, position and relative-position terms). Elementwise ops without an addition of two tensors
 (LayerNorm, softmax, GELU, scaling), pooling, interpolation, sorting and indexing are not counted.

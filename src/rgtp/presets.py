@@ -1,4 +1,4 @@
-"""Named presets: every row of the paper's result tables (spec §11), as builder functions in a registry.
+"""Named presets: every row of the paper's result tables (method §11), as builder functions in a registry.
 
 ``get_preset(name)`` returns a frozen :class:`~rgtp.config.Preset`; ``PAPER[name]`` holds what the paper (and the
 reference code) report for that row, so tools can print ours next to theirs. The small ``shapes_*``, ``pedestrians_*``
@@ -46,7 +46,7 @@ PRESETS: dict[str, Callable[[], Preset]] = {}
 
 @dataclass(frozen=True)
 class Reported:
-    """Figures reported by the paper / verified on the reference code for one preset (spec §11, §14)."""
+    """Figures reported by the paper / verified on the reference code for one preset (method §11, §14)."""
 
     accuracy: float  # mAP50 (VID) or top-1 (K400, EPIC verbs), in %
     full_gmacs: float | None = None  # ViTDet: backbone + RGTP GMACs of a FULL frame
@@ -112,7 +112,7 @@ def get_preset(name: str) -> Preset:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# ViTDet-B on ImageNet VID (spec §11.1)
+# ViTDet-B on ImageNet VID (method §11.1)
 
 
 def _vitdet_rgtp(size: int, keep_ratio: float) -> RGTPConfig:
@@ -161,7 +161,7 @@ for _name, (_size, _rho, _k, _acc, _full, _pruned, _avg) in _VITDET_ROWS.items()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# ViViT-B factorised encoder on Kinetics-400 and EPIC-KITCHENS-100 verbs (spec §11.2, §11.3)
+# ViViT-B factorised encoder on Kinetics-400 and EPIC-KITCHENS-100 verbs (method §11.2, §11.3)
 
 
 def _vivit_rgtp(keep_ratio: float, fg_ratio: float, bg_ratio: float, reset_every: int, pattern: str) -> RGTPConfig:

@@ -107,7 +107,7 @@ def run_video(
     ``weights``: a checkpoint, None for the weights shipped for the preset's model (random weights if none are), or
     ``"random"``. ViTDet presets process every frame. ViViT presets classify consecutive segments of
     ``segment_frames`` frames (250: a 10 s Kinetics clip at 25 fps), each with the preset's spatial x temporal views
-    (spec §12.2). SIGINT / SIGTERM stop the run after the current frame with every output closed and valid
+    (method §12.2). SIGINT / SIGTERM stop the run after the current frame with every output closed and valid
     (``summary.interrupted`` says which signal). A video that ends before the frame count its container announces
     (damaged) is processed up to the damage with a warning, or with ``strict`` fails there. ``compare``: run the
     dense model too, draw both side by side and report their agreement (``summary.agreement``). ``out_scale``: the

@@ -1,4 +1,4 @@
-"""EPIC-KITCHENS-100 reader (spec §12.3): narration segments labelled with a verb (main class) and a noun.
+"""EPIC-KITCHENS-100 reader (method §12.3): narration segments labelled with a verb (main class) and a noun.
 
 Annotations: ``EPIC_100_{train,validation}.csv`` (one row per segment: narration_id, participant_id, video_id,
 start/stop_timestamp as ``HH:MM:SS.ff``, start/stop_frame, verb_class, noun_class, ...), looked for in ``<root>``,

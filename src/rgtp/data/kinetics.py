@@ -1,4 +1,4 @@
-"""Kinetics-400 reader (spec §12.2): CVDF annotation CSVs and one trimmed video per clip, decoded with PyAV.
+"""Kinetics-400 reader (method §12.2): CVDF annotation CSVs and one trimmed video per clip, decoded with PyAV.
 
 Layout (the CVDF release, ``k400_downloader.sh`` / ``k400_extractor.sh``)::
 

@@ -1,4 +1,4 @@
-"""Multi-view sampling of the ViViT evaluation protocol (spec §12.2): temporal x spatial views of one video."""
+"""Multi-view sampling of the ViViT evaluation protocol (method §12.2): temporal x spatial views of one video."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def pad_frames(video: Tensor, span: int) -> Tensor:
 
 def normalize_resize(frames: Tensor, crop: int) -> Tensor:
     """uint8 frames (..., H, W) -> scaled to [0, 1], normalised (mean 0.45, std 0.225), resized (bilinear) so that the
-    short side equals ``crop``. Normalising before resizing follows the reference (spec §1.2)."""
+    short side equals ``crop``. Normalising before resizing follows the reference (method §1.2)."""
     t = (frames.float() / 255.0 - MEAN) / STD
     h, w = t.shape[-2:]
     scale = max(crop / h, crop / w)
@@ -53,7 +53,7 @@ def make_views(
 ) -> Tensor:
     """The (spatial x temporal) views of a video, spatial-major: -> (S * T_views, 3, frames, crop, crop).
 
-    Steps (spec §12.2): pad a short video by repeating its last frame to ``frames * stride``; take each temporal view's
+    Steps (method §12.2): pad a short video by repeating its last frame to ``frames * stride``; take each temporal view's
     every ``stride``-th frame; scale to [0, 1] and normalise (mean 0.45, std 0.225); resize so the short side equals
     ``crop``; crop at the spatial offsets.
 

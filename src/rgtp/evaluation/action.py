@@ -1,6 +1,6 @@
 """Action-recognition evaluation of ViViT presets: Kinetics-400 and EPIC-KITCHENS-100, the paper's protocol.
 
-Each clip is decoded once, cut into the preset's views (spec §12.2: 4 temporal x 3 spatial, spatial-major), and the
+Each clip is decoded once, cut into the preset's views (method §12.2: 4 temporal x 3 spatial, spatial-major), and the
 views run as one batch; the prediction is the softmax of the view-averaged logits (per head when the model also has
 EPIC's noun head). Several presets are evaluated in one pass: a clip is decoded once for all of them, and presets
 that share a model configuration share the model (weights are read once).

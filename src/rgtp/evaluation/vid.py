@@ -1,4 +1,4 @@
-"""ImageNet VID evaluation of ViTDet presets, the paper's protocol (spec §12.1).
+"""ImageNet VID evaluation of ViTDet presets, the paper's protocol (method §12.1).
 
 Every sequence runs frame by frame (batch 1, in order) from a fresh stream state; detections are mapped back to the
 original frame size and scored with COCO-style mAP@0.5 over the whole split. Alongside accuracy it reports, per

@@ -1,4 +1,4 @@
-"""Multi-head attention as functions of a block's parameters, for every model the runtimes drive (spec §2).
+"""Multi-head attention as functions of a block's parameters, for every model the runtimes drive (method §2).
 
 :class:`AttentionSpec` is what the math needs from a block: its heads, scale, window and relative-position tables
 (references to the block's own parameters, never copies). :func:`attend` computes attention for all queries or a
@@ -85,7 +85,7 @@ def rel_pos_table(table: Tensor, size: int, resize: str = "table2d") -> Tensor:
     """Relative position embeddings R[i, j] for i, j in [0, size): (2S - 1, d) -> (size, size, d).
 
     R[i, j] = T[i - j + S - 1] for the stored length 2S - 1. When S != size: ``table2d`` gathers the S x S table
-    and resizes it bicubically as an image (the reference implementation; spec §2.5), ``linear1d`` resizes the 1-D
+    and resizes it bicubically as an image (the reference implementation; method §2.5), ``linear1d`` resizes the 1-D
     table linearly to 2 * size - 1 first (detectron2, and transformers' VitDet).
     """
     if resize not in ("table2d", "linear1d"):

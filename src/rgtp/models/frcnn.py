@@ -1,4 +1,4 @@
-"""The Faster R-CNN head of ViTDet-VID on the simple feature pyramid (spec §1.1), plain PyTorch.
+"""The Faster R-CNN head of ViTDet-VID on the simple feature pyramid (method §1.1), plain PyTorch.
 
 Structure, parameter names and test-time behaviour follow detectron2 (``proposal_generator.rpn_head.conv.conv0``,
 ``roi_heads.box_head.conv1.norm``, ``roi_heads.box_predictor.bbox_pred``...), so the official checkpoint maps onto it

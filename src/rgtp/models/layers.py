@@ -1,4 +1,4 @@
-"""Transformer building blocks shared by ViTDet and ViViT (spec §2).
+"""Transformer building blocks shared by ViTDet and ViViT (method §2).
 
 The dense forward of a :class:`Block` is two residual lines. Its pieces (``norm1``, :meth:`Block.qkv`, the attention
 math of :mod:`rgtp.models.attention`, :meth:`Block.proj`, ``norm2``, ``mlp``) form the block protocol of

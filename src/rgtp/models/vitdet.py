@@ -1,4 +1,4 @@
-"""ViTDet: a plain ViT backbone with windowed and global blocks, and the simple feature pyramid (spec §1.1).
+"""ViTDet: a plain ViT backbone with windowed and global blocks, and the simple feature pyramid (method §1.1).
 
 Module and parameter names follow detectron2's ViTDet (``net.blocks.0.attn.qkv``, ``simfp_2.4.norm``...) so that
 official checkpoints map onto this model key for key. The model knows nothing about pruning.
@@ -163,7 +163,7 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def resize_scale(height: int, width: int, size: int) -> float:
-    """The paper's resize factor (spec §12.1): short side to 640 * size / 1024, long side at most ``size``."""
+    """The paper's resize factor (method §12.1): short side to 640 * size / 1024, long side at most ``size``."""
     return min(640.0 * size / 1024.0 / min(height, width), size / max(height, width))
 
 

@@ -1,4 +1,4 @@
-"""ViViT factorised encoder (spec §1.2): a spatial ViT per tubelet step, then a temporal transformer over steps.
+"""ViViT factorised encoder (method §1.2): a spatial ViT per tubelet step, then a temporal transformer over steps.
 
 The model knows nothing about pruning. :meth:`ViViT.forward` takes one view (B, 3, T, H, W) and returns logits
 (B, num_classes + num_nouns): the main head's, then the optional noun head's (EPIC-KITCHENS); :meth:`ViViT.split`

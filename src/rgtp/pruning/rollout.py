@@ -1,4 +1,4 @@
-"""Attention rollout (spec §5): which input tokens the output depended on, from the attention of selected blocks.
+"""Attention rollout (method §5): which input tokens the output depended on, from the attention of selected blocks.
 
 Conventions. ``fused`` matrices are (B, Q, K) head-fused attention probabilities (rows = queries = outputs,
 columns = keys = inputs). Each contributing block enters the rollout as Ã = rownorm((F + I) / 2); the rollout is
@@ -81,7 +81,7 @@ def rollout_relevance(
     Args:
         fused: the contributing blocks' square fused attention, first block first. Each is (B, n, n), except that
             with ``first_keep`` the first is (B, m, m) and is restricted (after normalisation) to the rows and
-            columns ``first_keep``, the tokens that survived pruning after it (spec §5.4).
+            columns ``first_keep``, the tokens that survived pruning after it (method §5.4).
         weights: (B, n) output weights (for example 1/|anchors| on anchor tokens, or one-hot on the class token).
         form: ``forward`` builds R with matrix products (the reference at 672 and for ViViT); ``backward`` propagates
             the vector (the reference's ``rollout_backward`` at 1024). Same result up to rounding.

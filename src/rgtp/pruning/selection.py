@@ -116,7 +116,7 @@ def select_fg_bg(
     curve_rank: Tensor | None = None,
     stable: bool = True,
 ) -> Tensor:
-    """Foreground/background strided sampling (spec §7.2): (B, N) -> (B, K), ascending indices.
+    """Foreground/background strided sampling (method §7.2): (B, N) -> (B, K), ascending indices.
 
     The ``num_fg`` top tokens form the foreground; every ``fg_stride``-th of them is kept, counting by rank. The other
     tokens form the background; every ``bg_stride``-th of them is kept, counting in raster order (none if
@@ -154,7 +154,7 @@ def complement(keep_idx: Tensor, num_tokens: int) -> Tensor:
 
 
 def grid_pattern(height: int, width: int, name: str, device: torch.device | str | None = None) -> Tensor:
-    """Kept raster indices of a fixed grid pattern (spec §7.3): -> (K,) long, ascending.
+    """Kept raster indices of a fixed grid pattern (method §7.3): -> (K,) long, ascending.
 
     ``1in2``: checkerboard, (y + x) even. ``1in4``: y and x even. ``1in9``: y and x multiples of 3.
     """
@@ -237,7 +237,7 @@ def _gilbert(x: int, y: int, ax: int, ay: int, bx: int, by: int) -> Iterator[tup
 def _gilbert_rank_list(height: int, width: int) -> tuple[int, ...]:
     rank = [0] * (height * width)
     for i, (x, y) in enumerate(gilbert_curve(width, height)):
-        rank[(height - 1 - y) * width + x] = i  # the curve's y runs from the bottom row upwards (spec §7.4)
+        rank[(height - 1 - y) * width + x] = i  # the curve's y runs from the bottom row upwards (method §7.4)
     return tuple(rank)
 
 

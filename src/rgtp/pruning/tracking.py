@@ -1,4 +1,4 @@
-"""Token tracking: carry the importance heatmap of frame t-1 to frame t by a local offset search (spec §6)."""
+"""Token tracking: carry the importance heatmap of frame t-1 to frame t by a local offset search (method §6)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor
 
 __all__ = ["OUT_OF_GRID", "REFERENCE_SENTINEL", "best_offsets", "offset_sources", "warp_importance"]
 
-#: How candidates outside the grid are treated. ``reference``: as the reference code (spec §6, rules 3-5) does, every
+#: How candidates outside the grid are treated. ``reference``: as the reference code (method §6, rules 3-5) does, every
 #: score of exactly 0.0 (out-of-grid neighbours, which meet zero padding, and genuine zeros) becomes -100, so an
 #: out-of-grid candidate wins only when every in-grid score is below -100, and then the token takes the heatmap value
 #: of grid cell 0. ``exclude``: out-of-grid candidates never win (ours; a token always takes an in-grid neighbour).

@@ -1,4 +1,4 @@
-"""RGTP on class-token models (spec §4 and §5.4): ViViT's spatial encoder, ViT, DINOv2, CLIP's vision tower.
+"""RGTP on class-token models (method §4 and §5.4): ViViT's spatial encoder, ViT, DINOv2, CLIP's vision tower.
 
 Each stream is a sequence of frames (ViViT: the tubelet steps of one view). At step t, block 0 attends over every
 token; then patch tokens are pruned (ROLLOUT steps: the warped heatmap of step t-1 with foreground/background

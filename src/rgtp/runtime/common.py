@@ -46,7 +46,7 @@ def kept_count(kind: FrameKind, num_tokens: int, grid: tuple[int, int], cfg: RGT
 
 
 def fill_pruned(values: Tensor, prune_idx: Tensor, mode: str, previous: Tensor | None, match: Tensor | None) -> Tensor:
-    """Importance of the tokens pruned at this step (spec §5.3-5.4): (B, N) -> (B, N).
+    """Importance of the tokens pruned at this step (method §5.3-5.4): (B, N) -> (B, N).
 
     ``previous``: the stream's previous heatmap (the reference at 1024). ``match``: the value of the kept token whose
     key matched best ((B, P) raster indices; the reference for ViViT). ``none``: leave ``values`` as they are.

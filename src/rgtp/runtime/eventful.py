@@ -1,4 +1,4 @@
-"""The Eventful Transformers baseline (spec §9, token-wise gating) on any model of the block protocol, frame by frame.
+"""The Eventful Transformers baseline (method §9, token-wise gating) on any model of the block protocol, frame by frame.
 
 Every block has three gates: before qkv (on LN1(x)), before the projection (on the attention output) and before the
 MLP (on LN2(x)). A gate keeps a reference p of its input c; at a gated step it computes the error e = c - p, picks

@@ -1,4 +1,4 @@
-"""RGTP on grid models, frame by frame (spec §3 and §5.3): our ViTDet, transformers' VitDetBackbone.
+"""RGTP on grid models, frame by frame (method §3 and §5.3): our ViTDet, transformers' VitDetBackbone.
 
 Per step: block 0 runs its attention on every token; on pruned steps the selector chooses the kept tokens (the
 method: the previous heatmap warped onto this frame, then the top tokens) and everything after block 0's attention

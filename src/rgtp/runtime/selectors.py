@@ -6,7 +6,7 @@ which tokens a pruned step keeps (:meth:`Selector.choose`), and what it leaves t
 through exactly the same buffers and schedule:
 
 * ``rollout``: the method. The previous step's rollout heatmap, warped onto this frame by token tracking, then
-  foreground/background sampling (spec §5-7).
+  foreground/background sampling (method §5-7).
 * ``uniform`` / ``random``: subsets of the same size, evenly spaced (shifted every step) or drawn per step.
 * ``rollout_boxes`` (grid models with a detection head; beyond the paper): the method, with the previous frame's box
   tokens ranked first.
@@ -121,7 +121,7 @@ def _previous(state: RGTPState) -> tuple[Tensor, Tensor]:
 
 
 class RolloutSelector(Selector):
-    """The method: the previous heatmap warped onto this frame, then foreground/background sampling (spec §6-7)."""
+    """The method: the previous heatmap warped onto this frame, then foreground/background sampling (method §6-7)."""
 
     kind = FrameKind.ROLLOUT
     uses_rollout = True

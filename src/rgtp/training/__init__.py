@@ -1,4 +1,4 @@
-"""Training ViViT: spatial-feature caches, temporal fine-tuning on them (spec §12.4-12.5), whole-model training.
+"""Training ViViT: spatial-feature caches, temporal fine-tuning on them (method §12.4-12.5), whole-model training.
 
 * :func:`cache_spatial` writes ``(views, steps, C)`` spatial features per clip (dense or RGTP spatial encoder);
   :class:`FeatureCache` reads them.

@@ -1,7 +1,7 @@
-"""Spatial-feature caches (spec §12.4): the spatial encoder's class token per step for every view of every clip.
+"""Spatial-feature caches (method §12.4): the spatial encoder's class token per step for every view of every clip.
 
 Temporal fine-tuning (:mod:`rgtp.training.temporal`) never runs the spatial encoder: it reads what this module
-writes. For each clip the preset's deterministic evaluation views (no augmentation, spec §12.4) go through the
+writes. For each clip the preset's deterministic evaluation views (no augmentation, method §12.4) go through the
 preset's spatial encoder (dense, or RGTP-pruned) as one batch, and ``(views, steps, C)`` features are stored with the
 labels.
 

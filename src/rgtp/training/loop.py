@@ -3,7 +3,7 @@
 A :class:`TrainJob` says what is trained (a ViViT with some parameters trainable), the module that maps a batch of
 samples to view-averaged logits, and the train and validation sets. :func:`fit` does the rest:
 
-* AdamW on the trainable parameters, constant learning rate (spec §12.5: no schedule).
+* AdamW on the trainable parameters, constant learning rate (method §12.5: no schedule).
 * Every epoch the training set is shuffled by a permutation seeded with ``seed + epoch`` (the same on every process)
   and cut into global batches of ``batch_size``. Under ``torchrun`` each process takes every world-th sample of each
   global batch, and its loss is ``sum of its samples' losses * world / samples in the global batch``: after DDP
@@ -90,7 +90,7 @@ _RESUMABLE_CHANGES = ("epochs", "workers", "stop_top1")  # config fields that ma
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training hyper-parameters. The recipes (:data:`RECIPES`) are the reference's (spec §12.5)."""
+    """Training hyper-parameters. The recipes (:data:`RECIPES`) are the reference's (method §12.5)."""
 
     recipe: str = "custom"  # where the defaults came from
     lr: float = 1e-5

@@ -1,10 +1,10 @@
-"""Temporal fine-tuning on cached spatial features (spec §12.5).
+"""Temporal fine-tuning on cached spatial features (method §12.5).
 
 The ViViT is built from the preset with dropout 0.5 and the starting weights; only the temporal encoder and the
 classifier(s) are optimised (the noun head too when the cache has noun labels). A sample is one clip's cached
 ``(views, steps, C)`` features: per view the temporal encoder and classifier run, and the logits are averaged over
 the views. The loss is the cross-entropy of the averaged logits; ``double_softmax`` reproduces the reference's quirk
-(cross-entropy of the softmax probabilities, spec §13.13) and is only used when asked for.
+(cross-entropy of the softmax probabilities, method §13.13) and is only used when asked for.
 """
 
 from __future__ import annotations

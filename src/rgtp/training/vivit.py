@@ -1,7 +1,7 @@
 """Whole-model ViViT training on decoded clips (every parameter trainable), with the shared loop.
 
 Training samples are one random view per clip: a random temporal start, the preset's frame count and stride, the
-same normalisation and short-side resize as the evaluation views (spec §12.2), a random square crop and a random
+same normalisation and short-side resize as the evaluation views (method §12.2), a random square crop and a random
 horizontal flip. The randomness of a sample is seeded by (seed, epoch, clip index), so it does not depend on the
 number of processes or DataLoader workers, and a resumed run sees the same samples. Validation uses the
 deterministic multi-view protocol (:func:`~rgtp.data.action.preset_views`). Clips that cannot be read are skipped,
