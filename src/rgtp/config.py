@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -33,9 +34,11 @@ __all__ = [
     "ViTDetConfig",
     "ViViTConfig",
     "changed",
+    "check_literals",
     "from_dict",
     "load_config",
     "override",
+    "pick",
     "save_config",
     "to_dict",
 ]
@@ -59,6 +62,32 @@ def _check(cond: bool, msg: str) -> None:
 
 def _one_of(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
     _check(value in allowed, f"{name} must be one of {allowed}, got {value!r}")
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    """The allowed values of each ``Literal`` field of a config dataclass, read from its type hints."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: typing.get_args(hints[f.name])
+        for f in dataclasses.fields(cls)
+        if typing.get_origin(hints[f.name]) is Literal
+    }
+
+
+def check_literals(config: Any) -> None:
+    """Raise :class:`ConfigError` for any ``Literal`` field of ``config`` holding a value its type does not allow:
+    the one check of every option list (the type is where the allowed values are declared)."""
+    for name, allowed in _literal_fields(type(config)).items():
+        _one_of(name, getattr(config, name), allowed)
+
+
+def pick(table: dict[str, Any], name: str, what: str) -> Any:
+    """``table[name]``, or a one-line error naming the option and its allowed values (dispatch on an option)."""
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {what} {name!r}; expected one of {tuple(table)}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -89,6 +118,7 @@ class DetectorConfig:
     max_detections: int = 100
 
     def __post_init__(self) -> None:
+        check_literals(self)
         _check(self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}")
         _check(len(self.anchor_sizes) == 5, f"anchor_sizes needs one size per level p2..p6, got {self.anchor_sizes}")
         _check(
@@ -122,6 +152,7 @@ class ViTDetConfig:
     head: DetectorConfig | None = field(default_factory=DetectorConfig)  # None: backbone + pyramid only
 
     def __post_init__(self) -> None:
+        check_literals(self)
         _check(
             self.img_size > 0 and self.img_size % self.patch_size == 0,
             f"img_size {self.img_size} must be a positive multiple of patch_size {self.patch_size}",
@@ -132,7 +163,6 @@ class ViTDetConfig:
             all(0 <= b < self.depth for b in self.global_blocks),
             f"global_blocks {self.global_blocks} must lie in [0, {self.depth})",
         )
-        _one_of("rel_pos_resize", self.rel_pos_resize, ("table2d", "linear1d"))
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -161,6 +191,7 @@ class ViViTConfig:
     dropout: float = 0.0  # before the classifier (training only)
 
     def __post_init__(self) -> None:
+        check_literals(self)
         _check(
             self.img_size % self.tubelet[1] == 0 and self.img_size % self.tubelet[2] == 0,
             f"img_size {self.img_size} must be a multiple of the tubelet {self.tubelet}",
@@ -209,10 +240,10 @@ class SelectionConfig:
     change_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        check_literals(self)
         from rgtp.runtime.selectors import SELECTORS  # the registry: a registered selector is a valid policy
 
         _one_of("policy", self.policy, tuple(SELECTORS))
-        _one_of("tie_break", self.tie_break, ("stable", "reference"))
         _check(self.box_margin >= 0, f"box_margin must be >= 0, got {self.box_margin}")
         _check(0.0 < self.keep_ratio <= 1.0, f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         _check(0.0 < self.fg_ratio <= 1.0, f"fg_ratio must be in (0, 1], got {self.fg_ratio}")
@@ -242,10 +273,8 @@ class ScheduleConfig:
     cut: float | None = None
 
     def __post_init__(self) -> None:
+        check_literals(self)
         _check(self.reset_every is None or self.reset_every >= 1, "reset_every must be >= 1 or None")
-        _one_of("reset_mode", self.reset_mode, ("full", "grid"))
-        _one_of("grid_pattern", self.grid_pattern, ("1in2", "1in4", "1in9"))
-        _one_of("refresh", self.refresh, ("reset", "staggered"))
         _check(
             self.refresh != "staggered" or self.reset_every is not None,
             "refresh 'staggered' needs reset_every (the longest a token may go unprocessed)",
@@ -270,11 +299,9 @@ class RolloutConfig:
     pruned_fill: Literal["none", "previous", "match"] = "previous"  # value of tokens pruned at this step
 
     def __post_init__(self) -> None:
-        _one_of("head_fusion", self.head_fusion, ("rms", "mean"))
+        check_literals(self)
         _check(self.pool >= 1, f"pool must be >= 1, got {self.pool}")
-        _one_of("form", self.form, ("forward", "backward"))
         _check(0.0 <= self.score_thr < 1.0, f"score_thr must be in [0, 1), got {self.score_thr}")
-        _one_of("pruned_fill", self.pruned_fill, ("none", "previous", "match"))
 
 
 @dataclass(frozen=True)
@@ -288,8 +315,8 @@ class TrackingConfig:
     out_of_grid: Literal["reference", "exclude"] = "reference"
 
     def __post_init__(self) -> None:
+        check_literals(self)
         _check(self.radius >= 0, f"radius must be >= 0, got {self.radius}")
-        _one_of("out_of_grid", self.out_of_grid, ("reference", "exclude"))
 
 
 @dataclass(frozen=True)
@@ -310,8 +337,7 @@ class RGTPConfig:
     pruned_context: Literal["drop", "buffered"] = "drop"
 
     def __post_init__(self) -> None:
-        _one_of("pruned_output", self.pruned_output, ("stale", "fresh"))
-        _one_of("pruned_context", self.pruned_context, ("drop", "buffered"))
+        check_literals(self)
 
 
 @dataclass(frozen=True)
@@ -337,9 +363,7 @@ class ExecutionConfig:
     compile: Literal["none", "compile", "graphs"] = "none"
 
     def __post_init__(self) -> None:
-        _one_of("attention", self.attention, ("explicit", "fused"))
-        _one_of("precision", self.precision, ("fp32", "bf16", "fp16"))
-        _one_of("compile", self.compile, ("none", "compile", "graphs"))
+        check_literals(self)
 
     @property
     def exact(self) -> bool:
@@ -364,12 +388,12 @@ class EventfulConfig:
     global_attention: Literal["dense", "qk", "qk_av"] = "qk_av"
 
     def __post_init__(self) -> None:
+        check_literals(self)
         _check((self.k is None) != (self.keep_ratio is None), "give exactly one of k and keep_ratio")
         _check(self.k is None or self.k >= 1, f"k must be >= 1, got {self.k}")
         ratio = self.keep_ratio
         _check(ratio is None or 0.0 < ratio <= 1.0, f"keep_ratio must be in (0, 1], got {ratio}")
         _check(self.refresh_every is None or self.refresh_every >= 1, "refresh_every must be >= 1 or None")
-        _one_of("global_attention", self.global_attention, ("dense", "qk", "qk_av"))
 
     def tokens(self, num_tokens: int) -> int:
         """Tokens each gate recomputes among ``num_tokens`` (patch tokens; raises if none or more than there are)."""
@@ -401,13 +425,12 @@ class ToMeConfig:
     global_attn: Literal["unmerge", "merged"] = "unmerge"
 
     def __post_init__(self) -> None:
+        check_literals(self)
         _check((self.r is None) != (self.keep_ratio is None), "give exactly one of r and keep_ratio")
         _check(self.r is None or self.r >= 0, f"r must be >= 0, got {self.r}")
         ratio = self.keep_ratio
         _check(ratio is None or 0.0 < ratio <= 1.0, f"keep_ratio must be in (0, 1], got {ratio}")
-        _one_of("spread", self.spread, ("even", "front"))
         _check(self.spread == "even" or self.keep_ratio is not None, "spread 'front' needs keep_ratio (not r)")
-        _one_of("global_attn", self.global_attn, ("unmerge", "merged"))
 
 
 ModelConfig = Union[ViTDetConfig, ViViTConfig]  # noqa: UP007
@@ -431,6 +454,7 @@ class Preset:
     tome: ToMeConfig | None = None
 
     def __post_init__(self) -> None:
+        check_literals(self)
         _check(self.temporal_stride >= 1, "temporal_stride must be >= 1")
         given = [m for m in METHOD_SECTIONS if getattr(self, m) is not None]
         if len(given) > 1:

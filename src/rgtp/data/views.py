@@ -53,9 +53,9 @@ def make_views(
 ) -> Tensor:
     """The (spatial x temporal) views of a video, spatial-major: -> (S * T_views, 3, frames, crop, crop).
 
-    Steps (method §12.2): pad a short video by repeating its last frame to ``frames * stride``; take each temporal view's
-    every ``stride``-th frame; scale to [0, 1] and normalise (mean 0.45, std 0.225); resize so the short side equals
-    ``crop``; crop at the spatial offsets.
+    Steps (method §12.2): pad a short video by repeating its last frame to ``frames * stride``; take each temporal
+    view's every ``stride``-th frame; scale to [0, 1] and normalise (mean 0.45, std 0.225); resize so the short side
+    equals ``crop``; crop at the spatial offsets.
 
     Args:
         video: (T, H, W, 3) uint8 RGB frames.

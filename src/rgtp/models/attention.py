@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rgtp.config import pick
+
 __all__ = [
     "AttentionOutput",
     "AttentionSpec",
@@ -88,10 +90,8 @@ def rel_pos_table(table: Tensor, size: int, resize: str = "table2d") -> Tensor:
     and resizes it bicubically as an image (the reference implementation; method §2.5), ``linear1d`` resizes the 1-D
     table linearly to 2 * size - 1 first (detectron2, and transformers' VitDet).
     """
-    if resize not in ("table2d", "linear1d"):
-        raise ValueError(f"unknown relative-position resize {resize!r}; expected 'table2d' or 'linear1d'")
     stored = (table.shape[0] + 1) // 2
-    if resize == "linear1d" and stored != size:
+    if pick(_LINEAR_FIRST, resize, "relative-position resize") and stored != size:
         table = F.interpolate(table.T[None], size=2 * size - 1, mode="linear")[0].T  # (2*size - 1, d)
         stored = size
     idx = torch.arange(stored, device=table.device)
@@ -100,6 +100,10 @@ def rel_pos_table(table: Tensor, size: int, resize: str = "table2d") -> Tensor:
         return rel
     rel = F.interpolate(rel.permute(2, 0, 1)[None], size=(size, size), mode="bicubic", align_corners=False)
     return rel[0].permute(1, 2, 0)  # (size, size, d)
+
+
+#: Relative-position resizes by ``ViTDetConfig.rel_pos_resize``: whether the 1-D table is resized first.
+_LINEAR_FIRST = {"table2d": False, "linear1d": True}
 
 
 def window_partition(x: Tensor, window: int, fill: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:

@@ -18,11 +18,14 @@ index among equally similar A tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from rgtp.config import pick
 
 __all__ = [
     "TokenGroups",
@@ -157,8 +160,6 @@ def merge_schedule(
         raise ValueError("give exactly one of r and keep_ratio")
     if depth < 1 or num_tokens < 1:
         raise ValueError(f"need depth >= 1 and num_tokens >= 1, got {depth} and {num_tokens}")
-    if spread not in ("even", "front"):
-        raise ValueError(f"spread must be 'even' or 'front', got {spread!r}")
     left = num_tokens
     plan = []
     if r is not None:
@@ -176,7 +177,7 @@ def merge_schedule(
     for i in range(depth):
         blocks = depth - i
         cap = max_merge(left)
-        k = min(cap, todo if spread == "front" else -(-todo // blocks))  # all that is allowed, or an even share
+        k = min(cap, pick(_SHARES, spread, "spread")(todo, blocks))  # all that is allowed, or an even share
         while k < cap and k + _most_merges(left - k, blocks - 1) < todo:
             k += 1  # later blocks cannot catch up under their caps: merge more now
         plan.append(k)
@@ -188,6 +189,13 @@ def merge_schedule(
             f"half per block) leave at least {least}"
         )
     return plan
+
+
+#: This block's share of the merges left by ``ToMeConfig.spread``: (merges left, blocks left) -> merges.
+_SHARES: dict[str, Callable[[int, int], int]] = {
+    "front": lambda todo, blocks: todo,
+    "even": lambda todo, blocks: -(-todo // blocks),
+}
 
 
 def _most_merges(num_tokens: int, blocks: int) -> int:

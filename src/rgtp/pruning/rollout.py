@@ -9,13 +9,17 @@ or by the *backward* form (vector-matrix products only, N² instead of N³ per b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rgtp.config import pick
+
 __all__ = [
+    "HEAD_FUSIONS",
+    "ROLLOUT_FORMS",
     "anchor_mask",
     "check_pool",
     "fuse_heads",
@@ -37,15 +41,23 @@ def fuse_heads(attn: Tensor, how: str = "rms") -> Tensor:
     ``mean``: the plain mean over heads. ``rms``: sqrt(mean over heads of P²) (the reference's ``root_mean_squares``,
     used by every reported configuration); its rows no longer sum to 1.
     """
-    if how == "mean":
-        return attn.mean(dim=1)
-    if how == "rms":
-        # accumulate head by head: several times faster than square().mean(1) over the strided head axis
-        acc = attn[:, 0].square()  # (B, Q, K)
-        for h in range(1, attn.shape[1]):
-            acc.addcmul_(attn[:, h], attn[:, h])
-        return acc.div_(attn.shape[1]).sqrt_()
-    raise ValueError(f"unknown head fusion {how!r}; expected 'mean' or 'rms'")
+    return pick(HEAD_FUSIONS, how, "head fusion")(attn)
+
+
+def _mean_heads(attn: Tensor) -> Tensor:
+    return attn.mean(dim=1)
+
+
+def _rms_heads(attn: Tensor) -> Tensor:
+    # accumulate head by head: several times faster than square().mean(1) over the strided head axis
+    acc = attn[:, 0].square()  # (B, Q, K)
+    for h in range(1, attn.shape[1]):
+        acc.addcmul_(attn[:, h], attn[:, h])
+    return acc.div_(attn.shape[1]).sqrt_()
+
+
+#: Head fusions by ``RolloutConfig.head_fusion``: (B, heads, Q, K) -> (B, Q, K).
+HEAD_FUSIONS: dict[str, Callable[[Tensor], Tensor]] = {"mean": _mean_heads, "rms": _rms_heads}
 
 
 def residual_normalized(fused: Tensor) -> Tensor:
@@ -90,25 +102,36 @@ def rollout_relevance(
     Returns:
         (B, n) relevance of each input token (of the kept tokens, with ``first_keep``).
     """
-    if form not in ("forward", "backward"):
-        raise ValueError(f"unknown rollout form {form!r}; expected 'forward' or 'backward'")
-    if not fused:
-        return weights
+    propagate = pick(ROLLOUT_FORMS, form, "rollout form")
+    return weights if not fused else propagate(fused, weights, first_keep)
+
+
+def _backward(fused: Sequence[Tensor], weights: Tensor, first_keep: Tensor | None) -> Tensor:
     first, rest = fused[0], fused[1:]
-    if form == "backward":
-        w = weights
-        for f in reversed(rest):
-            w = residual_vecmat(w, f)
-        if first_keep is None:
-            return residual_vecmat(w, first)
-        row_sum = (first.sum(dim=-1) + 1.0).gather(1, first_keep)  # (B, n): normaliser of the unrestricted rows
-        return residual_vecmat(w, restrict(first, first_keep), row_sum)
+    w = weights
+    for f in reversed(rest):
+        w = residual_vecmat(w, f)
+    if first_keep is None:
+        return residual_vecmat(w, first)
+    row_sum = (first.sum(dim=-1) + 1.0).gather(1, first_keep)  # (B, n): normaliser of the unrestricted rows
+    return residual_vecmat(w, restrict(first, first_keep), row_sum)
+
+
+def _forward(fused: Sequence[Tensor], weights: Tensor, first_keep: Tensor | None) -> Tensor:
+    first, rest = fused[0], fused[1:]
     rollout = residual_normalized(first)  # (B, m, m); the product with I is skipped
     if first_keep is not None:
         rollout = restrict(rollout, first_keep)  # (B, n, n)
     for f in rest:
         rollout = torch.bmm(residual_normalized(f), rollout)  # (B, n, n)
     return torch.bmm(weights[:, None, :], rollout).squeeze(1)  # (B, n)
+
+
+#: Rollout forms by ``RolloutConfig.form``: (fused rows, output weights, first_keep) -> relevance (B, n).
+ROLLOUT_FORMS: dict[str, Callable[[Sequence[Tensor], Tensor, Tensor | None], Tensor]] = {
+    "forward": _forward,
+    "backward": _backward,
+}
 
 
 def normalize_sum(x: Tensor) -> Tensor:

@@ -14,11 +14,13 @@ the tokens inside the previous frame's boxes; the one selection whose size depen
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 import torch
 from torch import Tensor
+
+from rgtp.config import pick
 
 __all__ = [
     "GRID_PATTERNS",
@@ -37,7 +39,12 @@ __all__ = [
     "uniform_subset",
 ]
 
-GRID_PATTERNS = ("1in2", "1in4", "1in9")
+#: Grid patterns by ``ScheduleConfig.grid_pattern``: (rows (H, 1), columns (1, W)) -> (H, W) kept mask.
+GRID_PATTERNS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "1in2": lambda y, x: (y + x) % 2 == 0,
+    "1in4": lambda y, x: (y % 2 == 0) & (x % 2 == 0),
+    "1in9": lambda y, x: (y % 3 == 0) & (x % 3 == 0),
+}
 
 
 def keep_count(num_tokens: int, keep_ratio: float) -> int:
@@ -160,14 +167,7 @@ def grid_pattern(height: int, width: int, name: str, device: torch.device | str 
     """
     y = torch.arange(height)[:, None]  # (H, 1); built on the CPU: a constant pattern, also for meta tensors
     x = torch.arange(width)[None, :]  # (1, W)
-    if name == "1in2":
-        keep = (y + x) % 2 == 0
-    elif name == "1in4":
-        keep = (y % 2 == 0) & (x % 2 == 0)
-    elif name == "1in9":
-        keep = (y % 3 == 0) & (x % 3 == 0)
-    else:
-        raise ValueError(f"unknown grid pattern {name!r}; expected one of {GRID_PATTERNS}")
+    keep = pick(GRID_PATTERNS, name, "grid pattern")(y, x)  # (H, W) bool
     return torch.arange(height * width)[keep.flatten()].to(device)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-from rgtp.config import RGTPConfig, ScheduleConfig
+from rgtp.config import RGTPConfig, ScheduleConfig, pick
 from rgtp.pruning.schedule import FrameKind, adaptive_kind, embedding_change, frame_kind
 from rgtp.pruning.selection import fg_bg_count, grid_pattern
 from rgtp.pruning.state import RGTPState
@@ -51,19 +53,28 @@ def fill_pruned(values: Tensor, prune_idx: Tensor, mode: str, previous: Tensor |
     ``previous``: the stream's previous heatmap (the reference at 1024). ``match``: the value of the kept token whose
     key matched best ((B, P) raster indices; the reference for ViViT). ``none``: leave ``values`` as they are.
     """
-    if mode == "none":
-        return values
-    if mode == "previous":
-        if previous is None:
-            raise RuntimeError("pruned_fill='previous' needs the previous heatmap")
-        source = previous.gather(1, prune_idx)  # (B, P)
-    elif mode == "match":
-        if match is None:
-            raise RuntimeError("pruned_fill='match' needs the key matches of pruned tokens")
-        source = values.gather(1, match)  # (B, P)
-    else:
-        raise ValueError(f"unknown pruned_fill {mode!r}")
-    return values.scatter(1, prune_idx, source)
+    source = pick(_FILLS, mode, "pruned_fill")(values, prune_idx, previous, match)  # (B, P), or None: no fill
+    return values if source is None else values.scatter(1, prune_idx, source)
+
+
+def _fill_previous(values: Tensor, prune_idx: Tensor, previous: Tensor | None, match: Tensor | None) -> Tensor:
+    if previous is None:
+        raise RuntimeError("pruned_fill='previous' needs the previous heatmap")
+    return previous.gather(1, prune_idx)  # (B, P)
+
+
+def _fill_match(values: Tensor, prune_idx: Tensor, previous: Tensor | None, match: Tensor | None) -> Tensor:
+    if match is None:
+        raise RuntimeError("pruned_fill='match' needs the key matches of pruned tokens")
+    return values.gather(1, match)  # (B, P)
+
+
+#: Pruned-token fills by ``RolloutConfig.pruned_fill``: the values of the pruned tokens (None: leave them).
+_FILLS: dict[str, Callable[[Tensor, Tensor, Tensor | None, Tensor | None], Tensor | None]] = {
+    "none": lambda *_: None,
+    "previous": _fill_previous,
+    "match": _fill_match,
+}
 
 
 def one_hot_first(b: int, n: int, like: Tensor) -> Tensor:
