@@ -140,7 +140,7 @@ def count(case: Case) -> dict[str, dict[str, Any]]:
         if label.endswith("/uniform"):
             continue
         state, kinds, steps = runner.new_state(), {}, []
-        with torch.inference_mode():
+        with torch.no_grad():  # MacCounter does not see inference tensors
             for t in range(case.steps):
                 with MacCounter() as counter:
                     step = runner.step(case.frame(t, 1), state)

@@ -120,12 +120,18 @@ class MacCounter(TorchDispatchMode):
     """Count multiply-accumulates (and tensor additions) of everything executed inside ``with MacCounter() as c:``.
 
     ``c.macs(scopes)`` is the total over the given scopes (default :data:`PAPER_SCOPES`); ``c.gmacs()`` the same
-    in units of 10⁹; ``c.by_scope()`` the breakdown.
+    in units of 10⁹; ``c.by_scope()`` the breakdown. Count under ``torch.no_grad()``, not ``torch.inference_mode()``:
+    inference tensors skip the dispatch this counter sees for most operators (it refuses to start there).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.counts: dict[str, int] = defaultdict(int)
+
+    def __enter__(self) -> MacCounter:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("MacCounter misses most operators under torch.inference_mode(): use torch.no_grad()")
+        return super().__enter__()  # type: ignore[no-any-return]
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
