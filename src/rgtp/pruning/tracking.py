@@ -112,8 +112,13 @@ def warp_importance(
 
     Args:
         importance: (B, N) heatmap of frame t-1.
-        features, prev_features, grid, radius, rel_threshold_pct, out_of_grid: as in :func:`best_offsets`; a token
-            whose winner lies outside the grid (``reference`` only) takes the value of cell 0, as the reference does.
+        features: (B, N, C) tracking features of frame t (as in :func:`best_offsets`).
+        prev_features: (B, N, C) tracking features of frame t-1.
+        grid: (h, w) token grid.
+        radius: search radius in tokens.
+        rel_threshold_pct: as in :func:`best_offsets`.
+        out_of_grid: as in :func:`best_offsets`; a token whose winner lies outside the grid (``reference`` only) takes
+            the value of cell 0, as the reference does.
 
     Returns:
         (B, N) warped heatmap (not renormalised; it is only used for ranking). ``radius=0`` returns ``importance``.
