@@ -157,7 +157,7 @@ def overhead_cases(rgtp: RGTPGrid, tag: str, s0: Any, f1: Tensor, pruned_state: 
 
     def rows(_: Any) -> None:
         for i in globals_:
-            rgtp._record_rows(rows_state, i, probs[i], keep, grid)
+            rgtp._record_rows(rows_state, i, rgtp._fuse(probs[i]), keep, grid)
 
     def rollout(_: Any) -> Tensor:
         return rgtp._importance(rows_state, None, keep, None, grid)

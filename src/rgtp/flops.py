@@ -38,7 +38,11 @@ aten = torch.ops.aten
 
 @contextlib.contextmanager
 def scope(name: str) -> Iterator[None]:
-    """Attribute the MACs of the enclosed code to ``name`` (a no-op cost when no counter is active)."""
+    """Attribute the MACs of the enclosed code to ``name`` (a no-op cost when no counter is active; nothing inside
+    code that ``torch.compile`` traces, where no counter runs)."""
+    if torch.compiler.is_compiling():
+        yield
+        return
     token = _SCOPE.set(name)
     try:
         yield

@@ -106,10 +106,10 @@ class RGTPClass:
         if keep is not None:
             x = torch.cat([x[:, :p], gather_tokens(x[:, p:], keep)], dim=1)  # (B, P + K, C)
         rows = None if keep is None else prefix_rows(keep, p)  # (B, P + K) rows of the kept tokens
-        x, probs = self._run_body(x, rows, state.qkv)
+        x, heads = self._run_body(x, rows, state.qkv)
         with scope("rgtp"), full_precision(x):
-            for i in sorted(probs):
-                attn = fuse_heads(up(probs[i]), cfg.rollout.head_fusion)  # (B, P + K, P + K or P + N)
+            for i in sorted(heads):
+                attn = heads[i]  # (B, P + K, P + K or P + N)
                 if cfg.pruned_context == "buffered" and rows is not None:
                     attn = attn.gather(2, rows[:, None, :].expand(-1, attn.shape[1], -1))  # (B, P + K, P + K)
                 fused.append(attn)
@@ -132,7 +132,7 @@ class RGTPClass:
         """Block 0's MLP and blocks 1.. on the prefix and kept tokens x (B, P + K, C) after block 0's attention
         (``rows``: their rows among all P + N tokens; None: all). With buffered context, the kept queries attend to
         every token's keys and values (pruned ones: their last computed; the stream's qkv buffers, by block).
-        Returns (the last block's tokens (B, P + K, C), the attention probabilities the rollout reads, by block)."""
+        Returns (the last block's tokens (B, P + K, C), the head-fused attention rows the rollout reads, by block)."""
         blocks, rollout, fused = self.model.blocks, self.selector.uses_rollout, self.execution.fused
         context = self.cfg.pruned_context == "buffered"
         probs: dict[int, Tensor] = {}
@@ -147,7 +147,8 @@ class RGTPClass:
                 att = attend(blk.spec, h, None, need_probs=rollout, fused=fused)
             if rollout:
                 assert att.probs is not None
-                probs[i] = att.probs
+                with scope("rgtp"):
+                    probs[i] = fuse_heads(self.execution.upcast(att.probs), self.cfg.rollout.head_fusion)
             x = mlp_residual(blk, x + blk.proj(att.out))
         return x, probs
 

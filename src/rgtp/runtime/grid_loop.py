@@ -154,17 +154,17 @@ class RGTPGrid(GridRunner):
         base = x if cfg.pruned_output == "fresh" else None  # (B, N, C): every token's stream after attention 0
         with scope("rgtp"), full_precision(x):
             if need_probs:
-                self._record_rows(state, 0, att.probs, None, grid)
+                self._record_rows(state, 0, self._fuse(att.probs), None, grid)
             keep, scores, kind = plan_tokens(kind, self.selector, state, track, grid, cfg)
         if keep is not None:
             x = gather_tokens(x, keep)  # (B, K, C)
 
         # The rest (block 0's MLP, blocks 1..) on the kept tokens only, with buffered qkv and outputs for the others.
-        read, probs = self._run_body(x, keep, base, state.qkv, state.outputs, grid)
+        read, rows = self._run_body(x, keep, base, state.qkv, state.outputs, grid)
         buffers.update(read)
         with scope("rgtp"), full_precision(x):
-            for i in sorted(probs):
-                self._record_rows(state, i, probs[i], keep, grid)
+            for i in sorted(rows):
+                self._record_rows(state, i, rows[i], keep, grid)
 
         features, detections = self.outputs(buffers, grid)
         with scope("rgtp"), full_precision(x):
@@ -195,10 +195,11 @@ class RGTPGrid(GridRunner):
     ) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
         """Block 0's MLP and blocks 1.. on the tokens ``keep`` ((B, K); None: all), x (B, K, C) after block 0's
         attention; refreshes the stream's qkv and output buffers (the dicts, by block). Returns (the whole-grid
-        outputs the model reads, by block; the attention probabilities of the global blocks the rollout reads)."""
+        outputs the model reads, by block; the head-fused attention rows (B, K, N) of the global blocks the rollout
+        reads, fused as soon as computed so that no two blocks' probabilities are held at once)."""
         blocks, rollout, inplace = self.model.blocks, self.selector.uses_rollout, self.execution.inplace
         read: dict[int, Tensor] = {}
-        probs: dict[int, Tensor] = {}
+        rows: dict[int, Tensor] = {}
         x = self._output(read, outputs, 0, mlp_residual(blocks[0], x), keep, base)
         for i in range(1, len(blocks)):
             blk = blocks[i]
@@ -206,10 +207,15 @@ class RGTPGrid(GridRunner):
             qkv[i] = refresh(qkv.get(i), keep, blk.qkv(blk.norm1(x)), inplace)  # (B, N, 3C)
             att = attend(blk.spec, qkv[i], grid, query_idx=keep, need_probs=need_probs, fused=self.execution.fused)
             if need_probs:
-                assert att.probs is not None
-                probs[i] = att.probs
+                rows[i] = self._fuse(att.probs)  # (B, K, N)
             x = self._output(read, outputs, i, mlp_residual(blk, x + blk.proj(att.out)), keep, base)
-        return read, probs
+        return read, rows
+
+    def _fuse(self, probs: Tensor | None) -> Tensor:
+        """Attention probabilities (B, heads, Q, N) fused over heads in float32 (B, Q, N), counted as RGTP's."""
+        assert probs is not None
+        with scope("rgtp"):
+            return fuse_heads(self.execution.upcast(probs), self.cfg.rollout.head_fusion)
 
     def _output(
         self,
@@ -236,11 +242,9 @@ class RGTPGrid(GridRunner):
         return x
 
     def _record_rows(
-        self, state: RGTPState, block: int, probs: Tensor | None, keep: Tensor | None, grid: tuple[int, int]
+        self, state: RGTPState, block: int, fused: Tensor, keep: Tensor | None, grid: tuple[int, int]
     ) -> None:
-        """Fuse heads and store this block's attention rows for the rollout (pooled at pool > 1)."""
-        assert probs is not None
-        fused = fuse_heads(self.execution.upcast(probs), self.cfg.rollout.head_fusion)  # (B, Q, N)
+        """Store this block's head-fused attention rows (B, Q, N) for the rollout (pooled at pool > 1)."""
         pool = self.cfg.rollout.pool
         if pool > 1:
             fused = pool_key_columns(fused, grid, pool)  # (B, Q, N / p²)
