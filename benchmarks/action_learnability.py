@@ -36,8 +36,8 @@ from torch import Tensor
 
 from _timing import environment
 from rgtp.build import load_weights
-from rgtp.data.motions import MOTION_CLASSES, MotionDataset
 from rgtp.data.views import normalize_resize
+from rgtp.lab.data.motions import MOTION_CLASSES, MotionDataset
 from rgtp.models.vivit import Encoder, ViViT
 from rgtp.presets import get_preset
 from rgtp.training.loop import lr_schedule

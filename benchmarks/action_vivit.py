@@ -2,7 +2,7 @@
 
 Runs the real evaluation path (``rgtp.evaluation.action.evaluate_action``: the Kinetics-400 / EPIC-KITCHENS-100
 reader decodes an mp4 with PyAV, the 12 views are cut, all views run as one batch) on generated clips in the
-dataset's own layout (``rgtp.data.synthetic.write_synthetic_kinetics`` / ``write_synthetic_epic``). All presets of a
+dataset's own layout (``rgtp.lab.data.synthetic.write_synthetic_kinetics`` / ``write_synthetic_epic``). All presets of a
 task run in one sweep, so each clip is decoded once and the presets alternate clip by clip (the machine's drift hits
 them alike). Reported per preset: TMACs per clip from the package's counter (the paper's count) next to the paper's
 figure, clips per second of the model step (decoding and view cutting excluded, reported separately), and the
@@ -29,8 +29,8 @@ import torch
 
 from _timing import environment
 from rgtp.data.registry import build_action_dataset
-from rgtp.data.synthetic import write_synthetic_epic, write_synthetic_kinetics
 from rgtp.evaluation.action import evaluate_action
+from rgtp.lab.data.synthetic import write_synthetic_epic, write_synthetic_kinetics
 from rgtp.presets import get_preset, preset_names
 
 TASKS = {  # task: (preset prefix, dataset, split)

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from _timing import environment
-from rgtp.data.synthetic import write_synthetic_vid
 from rgtp.data.vid import VIDDataset
 from rgtp.evaluation.vid import evaluate_vid
+from rgtp.lab.data.synthetic import write_synthetic_vid
 from rgtp.presets import get_preset
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rgtp.bench.methods import ABLATIONS, BASELINES, action_variants, detection_variants, select_methods
-from rgtp.bench.report import check_targets, markdown_table, plot
 from rgtp.build import build_model
 from rgtp.cli import main
 from rgtp.config import ConfigError, Preset, RGTPConfig
+from rgtp.lab.bench.methods import ABLATIONS, BASELINES, action_variants, detection_variants, select_methods
+from rgtp.lab.bench.report import check_targets, markdown_table, plot
 from rgtp.presets import PRESETS, get_preset
 
 
@@ -91,14 +91,14 @@ def test_state_and_latency_targets() -> None:
     assert t["rgtp_state_mb"] == 2.5 and t["eventful_state_mb"] == 10.0 and t["target_state_met"] is True
     assert t["p95_over_p50"] == {"RGTP keep 0.2": 3.0, "RGTP staggered keep 0.2": 1.2}
     assert t["staggered_p95_over_p50"] == 1.2 and t["target_latency_met"] is True
-    from rgtp.bench.tasks import _targets_text
+    from rgtp.lab.bench.tasks import _targets_text
 
     text = _targets_text(t)
     assert "Target 3" in text and "Target 4" in text and "up to 3.00" in text
 
 
 def test_frontier_table() -> None:
-    from rgtp.bench.report import frontier_table
+    from rgtp.lab.bench.report import frontier_table
 
     records = [_rec("dense", "", 10.0, 80.0), _rec("RGTP", "a", 2.5, 70.0), _rec("RGTP", "b", 3.5, 75.0)]
     records.append({**_rec("Eventful", "a", 5.0, 79.0), "state_mb": 4.0})
@@ -107,7 +107,7 @@ def test_frontier_table() -> None:
 
 
 def test_sweep_rows_take_the_best_point_within_the_budget() -> None:
-    from rgtp.bench.tasks import sweep_rows
+    from rgtp.lab.bench.tasks import sweep_rows
 
     def result(acc: float) -> dict:
         records = [_rec("dense", "", 10.0, 80.0), _rec("RGTP", "a", 3.0, acc), _rec("RGTP", "b", 5.0, 99.0)]
@@ -214,7 +214,7 @@ def test_bench_cli_end_to_end(
 
 def test_every_variant_runs(tiny_presets: None) -> None:
     """Each method at each budget builds and runs two frames (detection) or one clip (action) on a tiny model."""
-    from rgtp.bench.methods import build_variant
+    from rgtp.lab.bench.methods import build_variant
     from rgtp.runtime import run_clip, stream
 
     det = build_model(get_preset("shapes_det_base"))
@@ -229,7 +229,7 @@ def test_every_variant_runs(tiny_presets: None) -> None:
 
 
 def test_bench_errors(tmp_path: Path) -> None:
-    from rgtp.bench import run_bench
+    from rgtp.lab.bench import run_bench
 
     with pytest.raises(ConfigError, match="unknown benchmark"):
         run_bench("nope", out_dir=tmp_path)
@@ -239,7 +239,7 @@ def test_bench_errors(tmp_path: Path) -> None:
 
 
 def test_cuts_and_sweep_tasks_run(tmp_path: Path, tiny_presets: None) -> None:
-    from rgtp.bench.tasks import run_sweep
+    from rgtp.lab.bench.tasks import run_sweep
 
     weights = str(_save_weights("shapes_det_base", tmp_path / "w.pt"))
     args = ["--weights", weights, "--quiet", "--timing", "2", "--timing-rounds", "1", "--methods", "RGTP+,uniform"]
@@ -255,7 +255,7 @@ def test_cuts_and_sweep_tasks_run(tmp_path: Path, tiny_presets: None) -> None:
 def test_agreement_task_on_a_video(tmp_path: Path) -> None:
     """The label-free check on a small generated video with the shipped models (a few frames, RGTP only)."""
     pytest.importorskip("av")
-    from rgtp.data.synthetic import moving_shapes_video, write_video
+    from rgtp.lab.data.synthetic import moving_shapes_video, write_video
 
     clip, _ = moving_shapes_video(num_frames=16, height=96, width=128, seed=0)
     video = tmp_path / "v.mp4"
@@ -268,14 +268,14 @@ def test_agreement_task_on_a_video(tmp_path: Path) -> None:
     assert {r["method"] for r in results["action"]["records"]} == {"dense", "RGTP+"}
     assert results["action"]["clips"] == 1 and results["action"]["records"][0]["accuracy"] == 100.0
     with pytest.raises(ConfigError, match="needs --video"):
-        from rgtp.bench import run_bench
+        from rgtp.lab.bench import run_bench
 
         run_bench("agreement", out_dir=tmp_path / "b")
 
 
 def test_resume_accepts_logged_configs_without_options_added_since() -> None:
-    from rgtp.bench.evaluate import same_config
-    from rgtp.bench.methods import Variant
+    from rgtp.lab.bench.evaluate import same_config
+    from rgtp.lab.bench.methods import Variant
 
     variant = next(v for v in detection_variants(get_preset("shapes_det_rgtp").rgtp) if v.name == "RGTP keep 0.1")
     logged = variant.describe()["config"]

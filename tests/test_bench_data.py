@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from rgtp.data.action import ActionClip, ActionDataError
-from rgtp.data.motions import _TAG, MOTION_CLASSES, MotionDataset, _min_gap, _tracks, motion_clip
 from rgtp.data.registry import ACTION_DATASETS, build_action_dataset, dataset_for_preset
-from rgtp.data.shapes import MIN_VISIBLE_PIXELS, SHAPES_CLASSES, _render_split, make_shapes_split
+from rgtp.lab.data.motions import _TAG, MOTION_CLASSES, MotionDataset, _min_gap, _tracks, motion_clip
+from rgtp.lab.data.registry import GENERATED_ACTION_SETS
+from rgtp.lab.data.shapes import MIN_VISIBLE_PIXELS, SHAPES_CLASSES, _render_split, make_shapes_split
 from rgtp.presets import get_preset
 from rgtp.training.vivit import ClipSamples, random_view
 
@@ -120,7 +121,7 @@ def test_motion_clip_is_deterministic() -> None:
 
 
 def test_motion_dataset() -> None:
-    assert ACTION_DATASETS["motions"] is MotionDataset
+    assert ACTION_DATASETS["motions"] is GENERATED_ACTION_SETS["motions"] is MotionDataset  # the lab adds its sets
     assert dataset_for_preset("motions_base") == dataset_for_preset("motions_rgtp") == "motions"
     ds = build_action_dataset("motions", "generated", "val", num_clips=20)
     assert isinstance(ds, MotionDataset) and len(ds) == 20 and ds.classes == list(MOTION_CLASSES)

@@ -12,7 +12,8 @@ import torch
 
 from conftest import TINY_VITDET, vitdet_rgtp, vivit_rgtp
 from rgtp.config import ConfigError, RGTPConfig, ScheduleConfig, SelectionConfig
-from rgtp.data.detection import DetectionSet, DetSequence, with_cuts
+from rgtp.data.detection import DetectionSet, DetSequence
+from rgtp.lab.data.registry import with_cuts
 from rgtp.models.vitdet import ViTDet
 from rgtp.models.vivit import ViViT
 from rgtp.pruning.schedule import (
@@ -255,7 +256,7 @@ def test_with_cuts_splices_segments_of_other_sequences() -> None:
 
 
 def test_shapes_pan_speed_controls_the_camera() -> None:
-    from rgtp.data.shapes import make_shapes_split
+    from rgtp.lab.data.shapes import make_shapes_split
 
     static = make_shapes_split("test", num_sequences=1, length=3, size=(48, 64), pan=0.0)[0]
     fast = make_shapes_split("test", num_sequences=1, length=3, size=(48, 64), pan=8.0)[0]

@@ -143,8 +143,8 @@ def test_cli_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 @pytest.mark.parametrize("family", ["vitdet", "vivit"])
 def test_cli_run_tiny_preset_writes_results_and_video(family: str, tmp_path: Path) -> None:
     pytest.importorskip("av")
-    from rgtp.data.synthetic import moving_shapes_video, write_video
     from rgtp.io.video import read_frames
+    from rgtp.lab.data.synthetic import moving_shapes_video, write_video
 
     frames, _ = moving_shapes_video(num_frames=10, height=48, width=80, seed=0)
     write_video(tmp_path / "in.mp4", frames)
@@ -190,8 +190,8 @@ def test_cli_run_with_weights_draws_labelled_boxes(tmp_path: Path, monkeypatch: 
     import torch
 
     from rgtp import annotate
-    from rgtp.data.synthetic import moving_shapes_video, write_video
     from rgtp.data.vid import VID_CLASSES
+    from rgtp.lab.data.synthetic import moving_shapes_video, write_video
     from rgtp.models.vitdet import ViTDet
 
     cfg = dataclasses.replace(TINY_VITDET, head=dataclasses.replace(TINY_VITDET.head, num_classes=30))

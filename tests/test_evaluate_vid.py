@@ -16,11 +16,11 @@ import torch
 from conftest import TINY_HEAD, TINY_VITDET, vitdet_rgtp
 from rgtp.cli import main
 from rgtp.config import Preset, save_config
-from rgtp.data.synthetic import write_synthetic_vid
 from rgtp.data.vid import VIDDataset
 from rgtp.evaluation import vid as vid_eval
 from rgtp.evaluation.records import ResumeError
 from rgtp.evaluation.vid import evaluate_vid
+from rgtp.lab.data.synthetic import write_synthetic_vid
 from rgtp.models.vitdet import Detections, ViTDet, resize_scale
 
 pytest.importorskip("pycocotools")

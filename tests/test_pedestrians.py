@@ -1,4 +1,4 @@
-"""Tests for rgtp.data.pedestrians: loading a boxes file against its video, and the HOG builder (when cv2 imports)."""
+"""Tests for rgtp.lab.data.pedestrians: loading a boxes file against its video, the HOG builder (when cv2 imports)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ import torch
 pytest.importorskip("av")
 
 from rgtp.cli import main
-from rgtp.data.pedestrians import (
+from rgtp.lab.data.pedestrians import (
     HogParams,
     PedestrianDataError,
     hog_boxes,
     load_pedestrians,
     write_pedestrian_boxes,
 )
-from rgtp.data.synthetic import moving_shapes_video, write_video
+from rgtp.lab.data.synthetic import moving_shapes_video, write_video
 from rgtp.models.vitdet import preprocess_frame, resize_scale
 
 H, W, T = 48, 64, 8  # the tiny video; train = frames 0-5, test = frames 6-7

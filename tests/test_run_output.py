@@ -25,7 +25,7 @@ BACKGROUND = np.array([24, 24, 24])  # the caption panel's colour
 
 
 def _video(path: Path, frames: int, hw: tuple[int, int], seed: int = 0) -> Path:
-    from rgtp.data.synthetic import moving_shapes_video, write_video
+    from rgtp.lab.data.synthetic import moving_shapes_video, write_video
 
     clip, _ = moving_shapes_video(num_frames=frames, height=hw[0], width=hw[1], seed=seed)
     write_video(path, clip)

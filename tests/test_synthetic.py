@@ -1,4 +1,4 @@
-"""Tests for rgtp.data.synthetic."""
+"""Tests for rgtp.lab.data.synthetic."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rgtp.data.synthetic import SHAPE_CLASSES, moving_shapes_video, write_video
+from rgtp.lab.data.shapes import SHAPES_CLASSES
+from rgtp.lab.data.synthetic import MOVING_SHAPES, moving_shapes_video, write_video
 
 
 def test_shape_dtype_and_determinism() -> None:
@@ -36,7 +37,12 @@ def test_boxes_inside_frame_and_valid() -> None:
         assert len(frame_boxes) <= 5
         for x1, y1, x2, y2, cls in frame_boxes:
             assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
-            assert isinstance(cls, int) and 0 <= cls < len(SHAPE_CLASSES)
+            assert isinstance(cls, int) and 0 <= cls < len(MOVING_SHAPES)
+
+
+def test_one_list_of_shape_classes() -> None:
+    """The test videos draw the first shapes of the shapes set: their class ids index that set's list."""
+    assert MOVING_SHAPES == SHAPES_CLASSES[: len(MOVING_SHAPES)] == ("disc", "square", "triangle")
 
 
 def test_default_size_is_fast() -> None:

@@ -16,21 +16,23 @@ import torch
 from rgtp.build import load_weights
 from rgtp.cli import main
 from rgtp.config import ConfigError, Preset, ViTDetConfig, save_config
-from rgtp.data import detection as detection_sets
-from rgtp.data.detection import DetectionSet, DetSequence, build_detection_set
-from rgtp.data.synthetic import SHAPE_CLASSES, moving_shapes_video
+from rgtp.data.detection import DetectionSet, DetSequence
 from rgtp.evaluation.records import ResumeError
+from rgtp.lab.data import registry as detection_sets
+from rgtp.lab.data.registry import build_detection_set
+from rgtp.lab.data.synthetic import MOVING_SHAPES, moving_shapes_video
+from rgtp.lab.recipes import det_recipe
 from rgtp.models.frcnn import FRCNNTrainConfig, match_anchors, sample_indices
 from rgtp.models.vitdet import ViTDet, preprocess_frame
 from rgtp.ops import box_iou
 from rgtp.presets import small_detector
-from rgtp.training import detection as det_training
-from rgtp.training.detection import DetTrainConfig, FrameSamples, det_recipe, lr_factor, train_vitdet
+from rgtp.training.detection import DetTrainConfig, FrameSamples, lr_factor, train_vitdet
+from rgtp.training.loop import Trainer
 
 
 def tiny_detector(img: int = 64) -> ViTDetConfig:
     """The small detector cut down: 2 blocks of width 32 on (img / 16)^2 tokens, a thin head."""
-    base = small_detector(len(SHAPE_CLASSES))
+    base = small_detector(len(MOVING_SHAPES))
     assert base.head is not None
     head = dataclasses.replace(
         base.head, anchor_sizes=(8, 16, 32, 64, 128), pre_nms_topk=100, post_nms_topk=30, box_conv_dim=16,
@@ -60,7 +62,7 @@ def tiny_set(sequences: int = 2, frames: int = 4, split: str = "train", seed: in
                 tuple(np.array([b[4] for b in f], dtype=np.int64) for f in boxes),
             )
         )
-    return DetectionSet("tiny", split, SHAPE_CLASSES, tuple(seqs))
+    return DetectionSet("tiny", split, MOVING_SHAPES, tuple(seqs))
 
 
 def config(**overrides: object) -> DetTrainConfig:
@@ -203,17 +205,18 @@ def test_training_writes_the_run_and_resumes_exactly(tmp_path: Path, monkeypatch
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     load_weights(ViTDet(TINY.model), tmp_path / "full" / "best.pt")
 
-    real = det_training._train_epoch
+    real = Trainer._train_epoch
 
-    def crash_in_epoch_2(*args: object, **kwargs: object) -> object:
-        if args[6] == 2:  # the epoch
+    def crash_in_epoch_2(self: Trainer, ddp: object, opt: object, state: object, epoch: int) -> object:
+        if epoch == 2:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(self, ddp, opt, state, epoch)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(det_training, "_train_epoch", crash_in_epoch_2)
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train_vitdet(train, val, tmp_path / "cut", TINY, config(), progress=False)
-    monkeypatch.setattr(det_training, "_train_epoch", real)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 3  # epoch 1's steps
+    monkeypatch.setattr(Trainer, "_train_epoch", real)
     resumed = train_vitdet(train, val, tmp_path / "cut", TINY, config(workers=0), progress=False)
     timeless = [[{k: v for k, v in h.items() if k != "train_seconds"} for h in r.history] for r in (full, resumed)]
     for h in timeless[0] + timeless[1]:

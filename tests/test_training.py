@@ -24,6 +24,7 @@ from rgtp.presets import get_preset
 from rgtp.training import (
     FeatureCache,
     cache_spatial,
+    default_splits,
     make_config,
     random_view,
     recipe_for,
@@ -31,7 +32,9 @@ from rgtp.training import (
     train_vivit,
 )
 from rgtp.training import loop as training_loop
-from rgtp.training.loop import TrainConfig
+from rgtp.training import vivit as vivit_training
+from rgtp.training.loop import Trainer
+from rgtp.training.vivit import ClassifierTask, TrainConfig
 
 DENSE = Preset("tiny_dense", TINY_VIVIT, None, description="tiny dense ViViT")
 RGTP = Preset("tiny_rgtp", TINY_VIVIT, vivit_rgtp(keep_ratio=0.5, reset_every=2), description="tiny RGTP ViViT")
@@ -177,13 +180,18 @@ def test_recipes() -> None:
     assert make_config("epic", lr=1e-3, epochs=None).lr == 1e-3
     with pytest.raises(ConfigError, match="recipe"):
         recipe_for(DENSE)  # 5 classes: neither Kinetics nor EPIC
+    import rgtp.lab.recipes  # noqa: F401  (the lab's recipe of the small motions ViViT joins the paper's)
+
+    motions = make_config(recipe_for(get_preset("motions_base")))
+    assert (motions.recipe, motions.lr, motions.cosine) == ("motions", 3e-4, True)
+    assert default_splits(motions, get_preset("motions_base")) == ("train", "val")
 
 
 def test_double_softmax_loss() -> None:
     model = ViViT(TINY_VIVIT)
     logits, labels, nouns = torch.randn(6, 5), torch.arange(6) % 5, torch.full((6,), -1)
-    plain = training_loop._losses(model, logits, labels, nouns, False, double=False)
-    double = training_loop._losses(model, logits, labels, nouns, False, double=True)
+    plain = vivit_training._losses(model, logits, labels, nouns, False, double=False)
+    double = vivit_training._losses(model, logits, labels, nouns, False, double=True)
     torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(logits, labels, reduction="none"))
     ce_of_probs = torch.nn.functional.cross_entropy(logits.softmax(-1), labels, reduction="none")
     torch.testing.assert_close(double, ce_of_probs)
@@ -223,18 +231,18 @@ def test_resume_gives_the_same_weights(
     cfg = config(epochs=3, dropout=0.5)  # dropout: the random state must continue exactly too
     whole = train_temporal(cache, tmp_path / "whole", RGTP, weights, cfg, ("train", "val"), progress=False)
 
-    real = training_loop._train_epoch
+    real = Trainer._train_epoch
 
-    def crash_in_epoch_2(*args, **kwargs):  # type: ignore[no-untyped-def]
-        if args[4] == 2:
+    def crash_in_epoch_2(self: Trainer, ddp: object, opt: object, state: object, epoch: int) -> object:
+        if epoch == 2:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(self, ddp, opt, state, epoch)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(training_loop, "_train_epoch", crash_in_epoch_2)
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train_temporal(cache, tmp_path / "cut", RGTP, weights, cfg, ("train", "val"), progress=False)
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(training_loop, "_train_epoch", real)
+    monkeypatch.setattr(Trainer, "_train_epoch", real)
     resumed = train_temporal(cache, tmp_path / "cut", RGTP, weights, cfg, ("train", "val"), progress=False)
     a, b = state(tmp_path / "whole" / "last.pt"), state(tmp_path / "cut" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -356,8 +364,7 @@ def test_curriculum_chains_stages_through_best_weights(
     tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rgtp.data import registry
-    from rgtp.training.loop import CURRICULA, Stage
-    from rgtp.training.vivit import train_curriculum
+    from rgtp.lab.recipes import CURRICULA, Stage, train_curriculum
 
     built: list[tuple[str, str, dict]] = []
 
@@ -450,10 +457,10 @@ def test_stop_top1_ends_training_and_resumes_stopped(
 ) -> None:
     scores = iter([20.0, 50.0, 96.0, 99.0, 99.0, 99.0])  # val top-1 before training, then after each epoch
 
-    def validate(job: object, cfg: object, info: object, progress: bool) -> tuple[dict, dict]:
+    def validate(task: object, epoch: int, info: object, progress: bool) -> tuple[dict, dict]:
         return {"clips": 2, "top1": next(scores), "top5": 100.0, "loss": 1.0}, {}
 
-    monkeypatch.setattr(training_loop, "_validate", validate)
+    monkeypatch.setattr(ClassifierTask, "validate", validate)
     cfg = config(epochs=5, batch_size=4, max_steps=1, stop_top1=95.0)
     result = train_vivit(FakeClips(4), FakeClips(2, offset=50), tmp_path, DENSE, weights, cfg, progress=False)
     assert [h["epoch"] for h in result.history] == [0, 1, 2] and result.best == {"epoch": 2, "top1": 96.0}

@@ -19,7 +19,7 @@ pytest.importorskip("av")
 
 
 def _video(path: Path, frames: int = 12, size: tuple[int, int] = (96, 128)) -> Path:
-    from rgtp.data.synthetic import moving_shapes_video, write_video
+    from rgtp.lab.data.synthetic import moving_shapes_video, write_video
 
     write_video(path, moving_shapes_video(frames, size[0], size[1], seed=0)[0])
     return path

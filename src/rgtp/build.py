@@ -54,7 +54,7 @@ class Shipped:
 BUNDLED = {
     "shapes_det": Shipped(
         "shapes_det.pt",
-        "generated videos of moving shapes over a panning texture (rgtp.data.shapes)",
+        "generated videos of moving shapes over a panning texture (rgtp.lab.data.shapes)",
         "6 shape classes: disc, square, triangle, star, cross, ring",
     ),
     "pedestrians_det": Shipped(
@@ -64,7 +64,7 @@ BUNDLED = {
     ),
     "motions": Shipped(
         "motions_vivit.pt",
-        "generated clips of moving shapes (rgtp.data.motions)",
+        "generated clips of moving shapes (rgtp.lab.data.motions)",
         "10 motion classes: move right/left/up/down, rotate cw/ccw, grow, shrink, oscillate, collide",
     ),
 }

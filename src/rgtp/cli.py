@@ -199,16 +199,16 @@ def _demo_video(preset: Preset, path: Path, args: argparse.Namespace) -> int:
     """Write the demo's generated input video; returns the frames per classified segment (ViViT)."""
     import numpy as np
 
-    from rgtp.data.synthetic import moving_shapes_video, write_video
+    from rgtp.lab.data.synthetic import moving_shapes_video, write_video
 
     name = preset.name
     if name.startswith("shapes_det"):  # the shipped detector's own test distribution
-        from rgtp.data.shapes import make_shapes_split
+        from rgtp.lab.data.shapes import make_shapes_split
 
         seq = make_shapes_split("test", num_sequences=1, length=args.frames, seed=args.seed)[0]
         frames = seq.frames
     elif name.startswith("motions"):  # one clip of each motion class, back to back
-        from rgtp.data.motions import MOTION_CLASSES, motion_clip
+        from rgtp.lab.data.motions import MOTION_CLASSES, motion_clip
 
         num_frames = preset.model.num_frames  # type: ignore[union-attr]
         frames = np.concatenate(
@@ -324,7 +324,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_pedestrian_boxes(args: argparse.Namespace) -> int:
-    from rgtp.data.pedestrians import write_pedestrian_boxes
+    from rgtp.lab.data.pedestrians import write_pedestrian_boxes
 
     names = ("upscale", "win_stride", "scale", "hit_threshold", "min_motion", "nms_iou")
     kw = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
@@ -344,10 +344,12 @@ def cmd_pedestrian_boxes(args: argparse.Namespace) -> int:
 
 def _action_dataset(args: argparse.Namespace, preset: Preset, split: str) -> ActionDataset:
     """The --dataset (default: the preset's) split, with the reader options and --max-items applied."""
-    from rgtp.data.registry import build_action_dataset, dataset_for_preset
+    from rgtp.data.registry import ACTION_DATASETS, build_action_dataset, dataset_for_preset
 
     options: dict[str, Any] = {k: v for k, v in (("fps", args.fps), ("short_side", args.short_side)) if v is not None}
     name = args.dataset or dataset_for_preset(preset.name)
+    if name not in ACTION_DATASETS:  # the lab's generated sets (motions) join the table when imported
+        import rgtp.lab.data.registry  # noqa: F401
     if getattr(args, "classes", None):
         if not name.startswith("motions"):
             raise ConfigError(f"--classes is an option of the generated motions sets, not of {name}")
@@ -405,7 +407,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     names += ("precision", "stop_top1")
     overrides = {k: getattr(args, k) for k in names}
     flags = {"double_softmax": args.double_softmax or None, "train_nouns": args.train_nouns or None}
-    cfg = make_config(recipe_for(preset, args.recipe), **flags, **overrides)
+    try:
+        recipe = recipe_for(preset, args.recipe)
+    except ConfigError:  # the lab's recipes (the small motions ViViT) join the paper's when imported
+        import rgtp.lab.recipes  # noqa: F401
+
+        recipe = recipe_for(preset, args.recipe)
+    cfg = make_config(recipe, **flags, **overrides)
     default_train, default_val = default_splits(cfg, preset)
     splits = (args.train_split or default_train, args.val_split or default_val)
     progress = not args.quiet
@@ -430,8 +438,8 @@ def _detection_sets(args: argparse.Namespace, preset: Preset) -> tuple[Detection
     """The (train, validation) detection sets of `train vitdet` (--data, --video/--boxes, --max-sequences)."""
     import dataclasses
 
-    from rgtp.data.detection import build_detection_set
-    from rgtp.training.detection import DET_SPLITS
+    from rgtp.lab.data.registry import build_detection_set
+    from rgtp.lab.recipes import DET_SPLITS
 
     options: dict[str, Any] = {k: v for k, v in (("video", args.video), ("boxes", args.boxes)) if v is not None}
     if options and args.data != "pedestrians":
@@ -451,7 +459,8 @@ def _detection_sets(args: argparse.Namespace, preset: Preset) -> tuple[Detection
 
 def cmd_train_vitdet(args: argparse.Namespace) -> int:
     from rgtp.evaluation.dist import cleanup
-    from rgtp.training.detection import DET_RECIPES, det_recipe, train_vitdet
+    from rgtp.lab.recipes import DET_RECIPES, det_recipe
+    from rgtp.training.detection import train_vitdet
 
     if not args.preset and not args.config:
         args.preset = f"{args.data}_det_base"
@@ -732,9 +741,9 @@ def build_parser() -> argparse.ArgumentParser:
         "pedestrian-boxes",
         help="build the pedestrian benchmark's boxes with OpenCV's HOG people detector (needs rgtp[bench])",
         description="Run OpenCV's HOG people detector on every frame of VIDEO and write the boxes JSON that the "
-        "pedestrian benchmark loads (pseudo ground truth; see rgtp.data.pedestrians). VIDEO is OpenCV's sample clip "
-        "vtest.avi: `apt-get download opencv-doc && dpkg-deb --fsys-tarfile opencv-doc_*.deb | tar -x --wildcards "
-        "'*/examples/data/vtest.avi'`, or samples/data/vtest.avi in OpenCV's GitHub repository.",
+        "pedestrian benchmark loads (pseudo ground truth; see rgtp.lab.data.pedestrians). VIDEO is OpenCV's sample "
+        "clip vtest.avi: `apt-get download opencv-doc && dpkg-deb --fsys-tarfile opencv-doc_*.deb | tar -x "
+        "--wildcards '*/examples/data/vtest.avi'`, or samples/data/vtest.avi in OpenCV's GitHub repository.",
     )
     p.add_argument("video", help="the video (vtest.avi)")
     p.add_argument("--out", required=True, help="boxes JSON to write (shipped: benchmarks/data/vtest_hog_boxes.json)")
@@ -753,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from rgtp.bench import run_bench
+    from rgtp.lab.bench import run_bench
 
     results = run_bench(
         args.task,
@@ -773,7 +782,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print(results["table"])
     if args.task != "sweep":
-        from rgtp.bench.tasks import _targets_text
+        from rgtp.lab.bench.tasks import _targets_text
 
         print(_targets_text(results["targets"]))
     return 0

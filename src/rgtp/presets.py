@@ -2,7 +2,8 @@
 
 ``get_preset(name)`` returns a frozen :class:`~rgtp.config.Preset`; ``PAPER[name]`` holds what the paper (and the
 reference code) report for that row, so tools can print ours next to theirs. The small ``shapes_*``, ``pedestrians_*``
-and ``motions_*`` presets are the offline benchmark's models (:mod:`rgtp.bench`), trained here; they have no paper row.
+and ``motions_*`` presets are the offline benchmark's models (:mod:`rgtp.lab.bench`), trained here; they have no paper
+row. They are configs only: this module does not import the lab (:mod:`rgtp.lab`).
 """
 
 from __future__ import annotations
@@ -206,7 +207,8 @@ for _name, (_ds, _args, _kept, _acc, _tmacs) in _VIVIT_ROWS.items():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Small models of the offline benchmark (rgtp.bench): trained on CPU here, with the paper's settings scaled to the grid
+# Small models of the offline benchmark (rgtp.lab.bench): trained on CPU here, with the paper's settings scaled to the
+# grid
 
 
 def small_detector(num_classes: int, img_size: int = 256) -> ViTDetConfig:
@@ -252,13 +254,13 @@ def small_vivit(num_classes: int) -> ViViTConfig:
     )
 
 
-SHAPES_CLASSES = 6  # rgtp.data.shapes.SHAPES_CLASSES
-MOTIONS_CLASSES = 10  # rgtp.data.motions.MOTION_CLASSES
+SHAPES_NUM_CLASSES = 6  # len(rgtp.lab.data.shapes.SHAPES_CLASSES) (a test checks they agree)
+MOTIONS_NUM_CLASSES = 10  # len(rgtp.lab.data.motions.MOTION_CLASSES)
 
 
 def _small_det(name: str, task: str, keep_ratio: float | None) -> Preset:
     # vtest's pedestrians are small (about 80 of 576 px tall): that detector sees 384x384 inputs (24x24 tokens)
-    model = small_detector(SHAPES_CLASSES, 256) if task == "shapes" else small_detector(1, 384)
+    model = small_detector(SHAPES_NUM_CLASSES, 256) if task == "shapes" else small_detector(1, 384)
     rgtp = None
     what = "dense"
     if keep_ratio is not None:
@@ -274,7 +276,7 @@ def _small_vivit(name: str, keep_ratio: float | None) -> Preset:
     if keep_ratio is not None:
         rgtp = _vivit_rgtp(keep_ratio, 1.0, 0.0, 4, "1in2")
         what = f"RGTP keep_ratio={keep_ratio}, 1in2 grid every 4 steps"
-    model = small_vivit(MOTIONS_CLASSES)
+    model = small_vivit(MOTIONS_NUM_CLASSES)
     return Preset(name, model, rgtp, views=(1, 1), description=f"small ViViT, generated motions (rgtp bench): {what}")
 
 

@@ -579,15 +579,17 @@ def class_names(cfg: ViTDetConfig | ViViTConfig, weights: str = RANDOM) -> tuple
     """Names of a model's classes: those of the shipped weights when ``weights`` are theirs, else those of the paper's
     datasets recognised by their count (ImageNet VID: 30, Kinetics-400: 400); None ("class k") otherwise."""
     from rgtp.data.kinetics import KINETICS400_CLASSES
-    from rgtp.data.motions import MOTION_CLASSES
-    from rgtp.data.shapes import SHAPES_CLASSES
     from rgtp.data.vid import VID_CLASSES
 
     entry = next((e for e in BUNDLED.values() if weights != RANDOM and Path(weights) == e.path), None)
-    if entry is not None:
+    if entry is not None:  # the shipped weights are the lab's small models
+        from rgtp.lab.data.motions import MOTION_CLASSES
+        from rgtp.lab.data.pedestrians import PEDESTRIAN_CLASSES
+        from rgtp.lab.data.shapes import SHAPES_CLASSES
+
         by_file = {
             "shapes_det.pt": SHAPES_CLASSES,
-            "pedestrians_det.pt": ("person",),
+            "pedestrians_det.pt": PEDESTRIAN_CLASSES,
             "motions_vivit.pt": MOTION_CLASSES,
         }
         return by_file.get(entry.file)

@@ -1,8 +1,11 @@
-"""Action-recognition datasets by name: ``build_action_dataset("kinetics400", root, "val", fps=25.0)``."""
+"""Action-recognition datasets by name: ``build_action_dataset("kinetics400", root, "val", fps=25.0)``.
+
+:data:`ACTION_DATASETS` holds the readers of the paper's datasets; the lab adds its generated sets (``motions``,
+``motions-easy``) when :mod:`rgtp.lab.data.registry` is imported (the command line does it for those names).
+"""
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +14,6 @@ from rgtp.config import ConfigError
 from rgtp.data.action import ActionDataset
 from rgtp.data.epic import EpicKitchens
 from rgtp.data.kinetics import Kinetics400
-from rgtp.data.motions import MotionDataset
 
 __all__ = ["ACTION_DATASETS", "build_action_dataset", "dataset_for_preset"]
 
@@ -20,9 +22,6 @@ ACTION_DATASETS: dict[str, Callable[..., ActionDataset]] = {
     "kinetics400": Kinetics400,
     "epic-kitchens": EpicKitchens,
     "epic": EpicKitchens,  # alias
-    "motions": MotionDataset,  # generated; the root is only recorded
-    # the first stage of the motions curriculum: the same clips without the distractor, on a flat background
-    "motions-easy": functools.partial(MotionDataset, distractor=False, background="flat"),
 }
 
 
@@ -33,13 +32,14 @@ def build_action_dataset(name: str, root: str | os.PathLike[str], split: str, **
         ConfigError: On an unknown name (listing the known ones).
     """
     if name not in ACTION_DATASETS:
-        raise ConfigError(f"unknown action dataset {name!r}; known datasets: {', '.join(ACTION_DATASETS)}")
+        lab = "" if "motions" in ACTION_DATASETS else " (the lab's generated sets come with rgtp.lab.data.registry)"
+        raise ConfigError(f"unknown action dataset {name!r}; known datasets: {', '.join(ACTION_DATASETS)}{lab}")
     return ACTION_DATASETS[name](root, split, **options)
 
 
 def dataset_for_preset(preset_name: str) -> str:
     """The dataset a ViViT preset is evaluated on: ``vivit_k400*`` -> kinetics400, ``vivit_epic*`` -> epic-kitchens,
-    ``motions*`` -> motions.
+    ``motions*`` -> motions (a generated set of the lab, :mod:`rgtp.lab.data.registry`).
 
     Raises:
         ConfigError: For a preset of neither family.

@@ -4,7 +4,8 @@ The ViViT is built from the preset with dropout 0.5 and the starting weights; on
 classifier(s) are optimised (the noun head too when the cache has noun labels). A sample is one clip's cached
 ``(views, steps, C)`` features: per view the temporal encoder and classifier run, and the logits are averaged over
 the views. The loss is the cross-entropy of the averaged logits; ``double_softmax`` reproduces the reference's quirk
-(cross-entropy of the softmax probabilities, method §13.13) and is only used when asked for.
+(cross-entropy of the softmax probabilities, method §13.13) and is only used when asked for. It is the classification
+task of :mod:`rgtp.training.vivit` on the cache, trained by the loop of :mod:`rgtp.training.loop`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,8 @@ from rgtp.config import Preset, ViViTConfig, to_dict
 from rgtp.evaluation.dist import setup
 from rgtp.training.cache import FeatureCache
 from rgtp.training.common import build_vivit, weights_name
-from rgtp.training.loop import (
-    FitResult,
-    TrainConfig,
-    TrainJob,
-    ViewAveraged,
-    default_splits,
-    fit,
-    make_config,
-    recipe_for,
-)
+from rgtp.training.loop import FitResult, fit
+from rgtp.training.vivit import ClassifierTask, TrainConfig, ViewAveraged, default_splits, make_config, recipe_for
 
 __all__ = ["temporal_job", "train_temporal"]
 
@@ -64,8 +57,8 @@ def temporal_job(
     cfg: TrainConfig,
     splits: tuple[str, str],
     device: str = "cpu",
-) -> TrainJob:
-    """The fine-tuning job: the model with only ``temporal``, ``head`` (and ``head_noun``) trainable, and the caches
+) -> ClassifierTask:
+    """The fine-tuning task: the model with only ``temporal``, ``head`` (and ``head_noun``) trainable, and the caches
     ``cache_dir/<train split>`` and ``cache_dir/<val split>``."""
     train_set, val_set = (FeatureCache(Path(cache_dir) / s) for s in splits)
     _check_presets(preset, train_set, val_set)
@@ -84,7 +77,7 @@ def temporal_job(
     for part in (model.temporal, model.head, model.head_noun if nouns else None):
         if part is not None:
             part.requires_grad_(True)
-    identity = {
+    source = {
         "preset": to_dict(preset),
         "weights": weights_name(weights),
         "data": {
@@ -97,14 +90,15 @@ def temporal_job(
             for split, c in zip(("train", "val"), (train_set, val_set), strict=True)
         },
     }
-    return TrainJob(
+    return ClassifierTask(
         "temporal",
+        cfg,
         model,
         ViewAveraged(model, temporal_only=True),
         train_set,
         val_set,
         train_set.feature_shape,
-        identity,
+        source,
         nouns=nouns,
         val_batch_size=cfg.batch_size,
     )
@@ -125,12 +119,12 @@ def train_temporal(
     to the recipe's splits. Writes the run directory ``out_dir`` (see :mod:`rgtp.training.loop`)."""
     cfg = cfg or make_config(recipe_for(preset))
     info, device = setup(device)
-    job = temporal_job(cache_dir, preset, weights, cfg, splits or default_splits(cfg, preset), device)
+    task = temporal_job(cache_dir, preset, weights, cfg, splits or default_splits(cfg, preset), device)
     logger.info(
         "temporal fine-tuning of %s: %d train / %d val clips, %s",
         preset.name,
-        len(job.train_set),
-        len(job.val_set),
+        len(task.train_set),
+        len(task.val_set),
         cfg,
     )
-    return fit(job, cfg, out_dir, info, progress)
+    return fit(task, out_dir, info, progress)

@@ -1,10 +1,10 @@
 """The three benchmark tasks and ``run_bench``: get the weights (shipped, given, or trained with the package's own
 training), build the test set, evaluate every variant, write JSON, Markdown and a PNG plot.
 
-* ``detection``: the small ViTDet on generated shapes (:mod:`rgtp.data.shapes`), mAP50 on the test split.
+* ``detection``: the small ViTDet on generated shapes (:mod:`rgtp.lab.data.shapes`), mAP50 on the test split.
 * ``pedestrians``: the same detector trained on the first 75% of ``vtest.avi`` against OpenCV HOG boxes
-  (:mod:`rgtp.data.pedestrians`), mAP50 on the last 25%.
-* ``action``: the small ViViT on generated motions (:mod:`rgtp.data.motions`), top-1 on the test split.
+  (:mod:`rgtp.lab.data.pedestrians`), mAP50 on the last 25%.
+* ``action``: the small ViViT on generated motions (:mod:`rgtp.lab.data.motions`), top-1 on the test split.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from rgtp.bench.evaluate import evaluate_action, evaluate_detection, prepare_clips, prepare_frames
-from rgtp.bench.methods import action_variants, detection_variants, select_methods
-from rgtp.bench.report import check_targets, frontier_table, markdown_table, plot
 from rgtp.build import build_model, bundled_weights, load_weights
 from rgtp.config import ConfigError
 from rgtp.evaluation.records import ResultLog, atomic_write_text, environment
+from rgtp.lab.bench.evaluate import evaluate_action, evaluate_detection, prepare_clips, prepare_frames
+from rgtp.lab.bench.methods import action_variants, detection_variants, select_methods
+from rgtp.lab.bench.report import check_targets, frontier_table, markdown_table, plot
 from rgtp.presets import get_preset
 
 __all__ = ["TASKS", "BenchTask", "export_weights", "run_bench"]
@@ -96,13 +96,13 @@ def _sha256(path: Path) -> str:
 
 def _data(task: BenchTask, split: str, video: str | None, boxes: str | None, **options: Any) -> Any:
     if task.source == "shapes":
-        from rgtp.data.detection import with_cuts
-        from rgtp.data.shapes import make_shapes_split
+        from rgtp.lab.data.registry import with_cuts
+        from rgtp.lab.data.shapes import make_shapes_split
 
         data = make_shapes_split(split, **{**dict(task.options), **options})
         return data if task.cuts is None else with_cuts(data, task.cuts)
     if task.source == "pedestrians":
-        from rgtp.data.pedestrians import load_pedestrians
+        from rgtp.lab.data.pedestrians import default_boxes, load_pedestrians
 
         if video is None:
             raise ConfigError(
@@ -111,28 +111,23 @@ def _data(task: BenchTask, split: str, video: str | None, boxes: str | None, **o
             )
         size = get_preset(task.dense_preset).model.img_size  # type: ignore[union-attr]
         return load_pedestrians(video, boxes or default_boxes(), split, size=size, **options)
-    from rgtp.data.motions import MotionDataset
+    from rgtp.lab.data.motions import MotionDataset
 
     return MotionDataset("generated", split, **options)
-
-
-def default_boxes() -> Path:
-    """The HOG boxes of vtest.avi shipped with the repository (benchmarks/data/vtest_hog_boxes.json)."""
-    return Path(__file__).resolve().parents[3] / "benchmarks" / "data" / "vtest_hog_boxes.json"
 
 
 def _train(task: BenchTask, run_dir: Path, video: str | None, boxes: str | None, device: str, progress: bool) -> Path:
     """Train the task's model with the package's training (resumable) and return its best weights."""
     preset = get_preset(task.dense_preset)
     if task.source == "motions":  # from scratch the small ViViT stays at chance: a curriculum (see CURRICULA)
-        from rgtp.training.loop import CURRICULA
-        from rgtp.training.vivit import train_curriculum
+        from rgtp.lab.recipes import CURRICULA, train_curriculum
 
         results = train_curriculum(
             CURRICULA["motions"], "generated", run_dir, preset, device=device, progress=progress, cache=True
         )
         return results[-1].out_dir / "best.pt"
-    from rgtp.training.detection import DET_RECIPES, train_vitdet
+    from rgtp.lab.recipes import DET_RECIPES
+    from rgtp.training.detection import train_vitdet
 
     # pedestrians: validation on the last 48 frames before the test part (the test frames stay unseen)
     train_set, val_set = _data(task, "train", video, boxes), _data(task, "val", video, boxes)
@@ -285,8 +280,8 @@ def run_agreement(
     0.5 or more as the reference; mAP50 of the method's detections) with the shipped pedestrian detector, and the
     share of clips where the shipped action model's top-1 class is the dense model's. Writes ``results.json``
     (both), ``table.md`` and ``plot.png`` (detection) and ``action/`` (classification) in ``out_dir``."""
-    from rgtp.bench.evaluate import FrameSet, dense_reference
     from rgtp.io.video import read_frames
+    from rgtp.lab.bench.evaluate import FrameSet, dense_reference
     from rgtp.models.vitdet import preprocess_frame
 
     if not videos:
@@ -349,8 +344,8 @@ def run_agreement(
 def agreement_clips(decoded: dict[str, list[Any]], progress: bool) -> Any:
     """A function running the action model's variants on sliding clips of the decoded videos, scored by agreement
     with the dense model's top-1 (the dense prediction is the label)."""
-    from rgtp.bench.evaluate import ClipSet
     from rgtp.data.action import preset_views
+    from rgtp.lab.bench.evaluate import ClipSet
 
     def run(
         out: Path, methods: list[str] | None, timing: int | None, rounds: int, device: str, retime: bool
@@ -477,7 +472,7 @@ def sweep_plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rgtp.bench.report import style
+    from rgtp.lab.bench.report import style
 
     fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
     for method, values in rows.items():

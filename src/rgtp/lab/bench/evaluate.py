@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rgtp.bench.methods import Variant, build_variant
 from rgtp.config import ConfigError, Preset, from_dict
 from rgtp.data.action import ActionDataset, preset_views
 from rgtp.data.detection import DetectionSet
 from rgtp.evaluation.records import ResultLog
 from rgtp.flops import PAPER_SCOPES, MacCounter
+from rgtp.lab.bench.methods import Variant, build_variant
 from rgtp.metrics import coco_map
 from rgtp.models.vitdet import ViTDet, preprocess_frame
 from rgtp.models.vivit import ViViT, predict_views

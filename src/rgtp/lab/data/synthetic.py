@@ -2,7 +2,8 @@
 
 The videos are meant for tests, demos and benchmarks that must run without any
 downloaded data.  Generation depends only on numpy; writing to a file uses
-:class:`rgtp.io.video.VideoWriter` (PyAV, optional).
+:class:`rgtp.io.video.VideoWriter` (PyAV, optional). The shapes are the first three classes of the shapes set
+(:data:`MOVING_SHAPES`, a prefix of :data:`rgtp.lab.data.shapes.SHAPES_CLASSES`), over that set's background texture.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rgtp.lab.data.shapes import SHAPES_CLASSES, _background
+
 __all__ = [
-    "SHAPE_CLASSES",
+    "MOVING_SHAPES",
     "SHAPE_TO_VID",
     "Box",
     "moving_shapes_video",
@@ -29,8 +32,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Class names indexed by the ``class_id`` of the boxes returned by :func:`moving_shapes_video`.
-SHAPE_CLASSES: tuple[str, ...] = ("disc", "square", "triangle")
+#: The shapes :func:`moving_shapes_video` draws (disc, square, triangle): the first three classes of the shapes set,
+#: so the ``class_id`` of its boxes indexes this and :data:`~rgtp.lab.data.shapes.SHAPES_CLASSES` alike.
+MOVING_SHAPES: tuple[str, ...] = SHAPES_CLASSES[:3]
 
 #: ``(x1, y1, x2, y2, class_id)``; pixel-edge coordinates, ``x2``/``y2`` exclusive.
 Box = tuple[float, float, float, float, int]
@@ -43,7 +47,7 @@ _OBJ_SPEED = (2.0, 6.0)  # object speed range, pixels/frame per axis
 class _Shape:
     """Parameters of one moving object (internal)."""
 
-    kind: int  # index into SHAPE_CLASSES
+    kind: int  # index into MOVING_SHAPES
     radius: float  # circumradius in pixels
     color: np.ndarray  # (3,) float32 in [0, 255]
     checker: bool  # checker texture if True, stripes otherwise
@@ -59,39 +63,6 @@ class _Shape:
     bob_phase: float
 
 
-def _upsample_bilinear(coarse: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinearly resize ``coarse`` of shape ``(h, w, C)`` to ``(height, width, C)``."""
-    h, w = coarse.shape[:2]
-    ys = np.linspace(0.0, h - 1.0, height, dtype=np.float32)
-    xs = np.linspace(0.0, w - 1.0, width, dtype=np.float32)
-    y0 = np.minimum(ys.astype(np.intp), h - 2)
-    x0 = np.minimum(xs.astype(np.intp), w - 2)
-    fy = (ys - y0)[:, None, None]
-    fx = (xs - x0)[None, :, None]
-    top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x0 + 1] * fx
-    bot = coarse[y0 + 1][:, x0] * (1 - fx) + coarse[y0 + 1][:, x0 + 1] * fx
-    return top * (1 - fy) + bot * fy
-
-
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Textured background canvas of shape ``(height, width, 3)``, float32 in [0, 255]."""
-    canvas = np.zeros((height, width, 3), dtype=np.float32)
-    # Two octaves of smooth value noise with a random colour tint each.
-    for cell, amp in ((64, 70.0), (16, 22.0)):
-        gh, gw = max(2, height // cell + 2), max(2, width // cell + 2)
-        coarse = rng.uniform(-1.0, 1.0, size=(gh, gw, 1)).astype(np.float32)
-        tint = rng.uniform(0.6, 1.0, size=(1, 1, 3)).astype(np.float32)
-        canvas += amp * _upsample_bilinear(coarse * tint, height, width)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = rng.uniform(70.0, 130.0, size=3).astype(np.float32)
-    gradient = 40.0 * (xx / max(width - 1, 1) - 0.5)[..., None] * rng.uniform(-1.0, 1.0, size=3)
-    theta = rng.uniform(0.0, np.pi)
-    period = rng.uniform(18.0, 40.0)
-    stripes = 14.0 * np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period)
-    canvas += base + gradient.astype(np.float32) + stripes[..., None]
-    return canvas
-
-
 def _make_shapes(rng: np.random.Generator, num_objects: int, height: int, width: int) -> list[_Shape]:
     """Draw the random parameters of ``num_objects`` objects."""
     shapes = []
@@ -104,7 +75,7 @@ def _make_shapes(rng: np.random.Generator, num_objects: int, height: int, width:
         speed = rng.uniform(*_OBJ_SPEED, size=2) * rng.choice([-1.0, 1.0], size=2)
         shapes.append(
             _Shape(
-                kind=int(rng.integers(len(SHAPE_CLASSES))),
+                kind=int(rng.integers(len(MOVING_SHAPES))),
                 radius=float(radius),
                 color=(rgb * 255.0).astype(np.float32),
                 checker=bool(rng.integers(2)),
@@ -187,7 +158,7 @@ def moving_shapes_video(
         least one visible pixel in frame ``t`` (in object order), a tuple
         ``(x1, y1, x2, y2, class_id)`` bounding its visible pixels, with
         ``0 <= x1 < x2 <= W`` and ``0 <= y1 < y2 <= H`` (``x2``/``y2``
-        exclusive) and ``class_id`` indexing :data:`SHAPE_CLASSES`.
+        exclusive) and ``class_id`` indexing :data:`MOVING_SHAPES`.
 
     Raises:
         ValueError: On invalid sizes or counts.

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rgtp.bench.methods import ABLATIONS, BASELINES
+from rgtp.lab.bench.methods import ABLATIONS, BASELINES
 
 __all__ = [
     "best_at",

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from rgtp.data.action import ActionClip, ActionDataError, ActionDataset
-from rgtp.data.shapes import MaskFn, _camera_background, _draw, _random_look
+from rgtp.lab.data.shapes import MaskFn, _camera_background, _draw, _random_look
 
 __all__ = ["MOTION_CLASSES", "MOTION_SPLITS", "MotionDataset", "motion_clip"]
 

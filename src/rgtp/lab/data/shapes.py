@@ -4,9 +4,9 @@ Every sequence is drawn from its own random stream, ``SeedSequence([tag, seed, s
 (``train``, ``val``, ``test``) are disjoint and any sequence is reproducible from the seed. The generative process:
 
 * **Background.** Smooth value noise, a colour gradient and sinusoidal stripes on a canvas larger than the frame
-  (:func:`rgtp.data.synthetic._background`). A camera pans over it at 0.2–1.5 px/frame in a random direction and
-  zooms slowly in or out (at most ±0.4 %/frame); the frame is the bilinear sample of its window, so the whole
-  background moves.
+  (:func:`_background`, also that of :func:`rgtp.lab.data.synthetic.moving_shapes_video`). A camera pans over it at
+  0.2–1.5 px/frame in a random direction and zooms slowly in or out (at most ±0.4 %/frame); the frame is the
+  bilinear sample of its window, so the whole background moves.
 * **Objects.** The class is the SHAPE only (:data:`SHAPES_CLASSES`): disc, square, triangle, five-pointed star,
   cross, ring. Colour, second colour and texture (mottled noise, stripes, checker, dots) are drawn independently of
   the class, in the object's own rotating coordinates, so a detector has to learn shape. Each object follows a
@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from rgtp.data.detection import DetectionSet, DetSequence
-from rgtp.data.synthetic import _background
 
 __all__ = ["MIN_VISIBLE_PIXELS", "SHAPES_CLASSES", "SHAPES_SPLITS", "make_shapes_split"]
 
@@ -114,7 +113,7 @@ _SHAPE_MASKS: tuple[MaskFn, ...] = (_disc, _square, _triangle, _star, _cross, _r
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Appearance and drawing (shared with rgtp.data.motions)
+# Appearance and drawing (shared with rgtp.lab.data.motions and rgtp.lab.data.synthetic)
 
 
 @dataclass(frozen=True)
@@ -209,6 +208,39 @@ def _draw(
     frame[ya:yb, xa:xb][mask] = look.colour * (1 - f) + look.second * f
     ids[ya:yb, xa:xb][mask] = index
     return count
+
+
+def _upsample_bilinear(coarse: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinearly resize ``coarse`` of shape ``(h, w, C)`` to ``(height, width, C)``."""
+    h, w = coarse.shape[:2]
+    ys = np.linspace(0.0, h - 1.0, height, dtype=np.float32)
+    xs = np.linspace(0.0, w - 1.0, width, dtype=np.float32)
+    y0 = np.minimum(ys.astype(np.intp), h - 2)
+    x0 = np.minimum(xs.astype(np.intp), w - 2)
+    fy = (ys - y0)[:, None, None]
+    fx = (xs - x0)[None, :, None]
+    top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x0 + 1] * fx
+    bot = coarse[y0 + 1][:, x0] * (1 - fx) + coarse[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Textured background canvas of shape ``(height, width, 3)``, float32 in [0, 255]."""
+    canvas = np.zeros((height, width, 3), dtype=np.float32)
+    # Two octaves of smooth value noise with a random colour tint each.
+    for cell, amp in ((64, 70.0), (16, 22.0)):
+        gh, gw = max(2, height // cell + 2), max(2, width // cell + 2)
+        coarse = rng.uniform(-1.0, 1.0, size=(gh, gw, 1)).astype(np.float32)
+        tint = rng.uniform(0.6, 1.0, size=(1, 1, 3)).astype(np.float32)
+        canvas += amp * _upsample_bilinear(coarse * tint, height, width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(70.0, 130.0, size=3).astype(np.float32)
+    gradient = 40.0 * (xx / max(width - 1, 1) - 0.5)[..., None] * rng.uniform(-1.0, 1.0, size=3)
+    theta = rng.uniform(0.0, np.pi)
+    period = rng.uniform(18.0, 40.0)
+    stripes = 14.0 * np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period)
+    canvas += base + gradient.astype(np.float32) + stripes[..., None]
+    return canvas
 
 
 def _camera_background(

@@ -71,6 +71,7 @@ __all__ = [
     "VAL_FRAMES",
     "HogParams",
     "PedestrianDataError",
+    "default_boxes",
     "hog_boxes",
     "load_pedestrians",
     "write_pedestrian_boxes",
@@ -98,6 +99,12 @@ _VIDEO_HINT = (
     "vtest.avi is OpenCV's sample clip: `apt-get download opencv-doc && dpkg-deb --fsys-tarfile opencv-doc_*.deb | "
     "tar -x --wildcards '*/examples/data/vtest.avi'`, or samples/data/vtest.avi in OpenCV's GitHub repository"
 )
+
+
+def default_boxes() -> Path:
+    """The HOG boxes of vtest.avi shipped with the repository, ``benchmarks/data/vtest_hog_boxes.json`` (in a source
+    checkout: they are not part of the installed package)."""
+    return Path(__file__).resolve().parents[4] / "benchmarks" / "data" / "vtest_hog_boxes.json"
 
 
 class PedestrianDataError(ValueError):
