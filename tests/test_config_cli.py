@@ -128,6 +128,28 @@ def test_cli_flops_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["preset"] == "vivit_k400_keep049" and out["unit"] == "MAC" and out["clip_tmacs"] > 1.7
 
 
+def test_cli_flops_prints_the_presets_own_views_and_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["flops", "motions_plus"]) == 0
+    assert "(1 view x 8 steps)" in capsys.readouterr().out
+    assert main(["flops", "vivit_k400_keep049"]) == 0
+    assert "(12 views x 16 steps)" in capsys.readouterr().out
+
+
+def test_cli_presets_has_headers_and_marks_shipped_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["preset", "paper", "weights", "description"]
+    rows = {line.split()[0]: line.split()[2] for line in lines[1:] if line and not line.startswith("paper:")}
+    assert rows["shapes_det_plus"] == rows["pedestrians_det_plus"] == rows["motions_plus"] == "shipped"
+    assert rows["vitdet_vid_672_keep512"] == "-"
+
+
+def test_cli_run_help_names_its_default_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "default pedestrians_det_plus" in " ".join(capsys.readouterr().out.split())
+
+
 def test_cli_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["flops", "no_such_preset"]) == 2
     assert "unknown preset" in capsys.readouterr().err

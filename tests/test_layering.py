@@ -14,7 +14,8 @@ import rgtp
 
 PACKAGE = Path(rgtp.__file__).resolve().parent
 LAB = PACKAGE / "lab"
-LAZY_LAB_IMPORTS = {"cli.py", "run.py"}  # may import the lab inside a function (rgtp bench, demo, train...)
+# may import the lab inside a function (rgtp bench, demo, train, the datasets of evaluation and training)
+LAZY_LAB_IMPORTS = {"cli/bench.py", "cli/video.py", "cli/train.py", "cli/common.py", "run.py"}
 
 
 def core_files() -> list[Path]:

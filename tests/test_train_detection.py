@@ -283,9 +283,20 @@ def test_cli_trains_on_a_registered_set(
     config_file = tmp_path / "tiny.json"
     save_config(TINY, config_file)
     out = tmp_path / "run"
-    args = ["train", "vitdet", "--config", str(config_file), "--data", "tiny", "--out", str(out), "--epochs", "1"]
-    extra = ["--batch-size", "2", "--max-steps", "2", "--lr", "1e-3", "--val-frames", "2", "--max-sequences", "1"]
-    assert main([*args, *extra, "--precision", "bf16", "--quiet"]) == 0
+    args = [
+        "train",
+        "vitdet",
+        "--config",
+        str(config_file),
+        "--data",
+        "tiny",
+        "--out",
+        str(out),
+        "--max-sequences",
+        "1",
+    ]
+    settings = ["epochs=1", "batch_size=2", "max_steps=2", "lr=1e-3", "val_frames=2", "precision=bf16"]
+    assert main([*args, *(a for s in settings for a in ("--set", f"train.{s}")), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "best mAP50" in printed and "last.pt" in printed
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]

@@ -278,8 +278,8 @@ def test_noun_head_is_trained_on_request_when_the_cache_has_nouns(tmp_path: Path
 def train_args(cache: Path, weights: Path, config_file: Path, out: Path) -> list[str]:
     return [
         "train", "temporal", "--cache", str(cache), "--config", str(config_file), "--weights", str(weights),
-        "--out", str(out), "--recipe", "k400", "--lr", "3e-3", "--epochs", "2", "--batch-size", "5",
-        "--dropout", "0", "--quiet",
+        "--out", str(out), "--recipe", "k400", "--set", "train.lr=3e-3", "--set", "train.epochs=2",
+        "--set", "train.batch_size=5", "--set", "train.dropout=0", "--quiet",
     ]  # fmt: skip
 
 
@@ -353,8 +353,9 @@ def test_cli_cache_and_train_vivit_through_the_registry(
     common = ["--config", str(config_file), "--weights", str(weights), "--dataset", "fake", "--data", str(tmp_path)]
     assert main(["cache-spatial", *common, "--split", "val", "--out", str(tmp_path / "c"), "--quiet"]) == 0
     assert json.loads((tmp_path / "c" / "val" / "meta.json").read_text())["written"] == 3
-    run = ["train", "vivit", *common, "--epochs", "1", "--out", str(tmp_path / "r"), "--recipe", "k400", "--quiet"]
-    assert main([*run, "--max-steps", "1", "--batch-size", "2", "--precision", "bf16", "--stop-top1", "99"]) == 0
+    run = ["train", "vivit", *common, "--set", "train.epochs=1", "--out", str(tmp_path / "r"), "--recipe", "k400"]
+    settings = ["train.max_steps=1", "train.batch_size=2", "train.precision=bf16", "train.stop_top1=99"]
+    assert main([*run, "--quiet", *(a for s in settings for a in ("--set", s))]) == 0
     assert (tmp_path / "r" / "last.pt").is_file()
     recorded = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
     assert recorded["precision"] == "bf16" and recorded["stop_top1"] == 99.0
@@ -518,12 +519,16 @@ def test_training_commands_share_one_rule_for_their_arguments(
     config_file = tmp_path / "tiny.json"
     save_config(RGTP, config_file)
     base = train_args(cache, weights, config_file, tmp_path / "run")
-    assert main([*base[: base.index("--epochs") + 1], "0", *base[base.index("--epochs") + 2 :]]) == 2
+    assert main([*base, "--set", "train.epochs=0"]) == 2
     assert "epochs must be >= 1" in capsys.readouterr().err
+    assert main([*base, "--set", "train.no_such_setting=1"]) == 2
+    assert "--set train.*: override 'no_such_setting': unknown key" in capsys.readouterr().err
+    assert main(["flops", "vitdet_vid_672_keep512", "--set", "train.lr=1"]) == 2
+    assert "train.* settings are for `rgtp train`" in capsys.readouterr().err
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     out = base.index("--out") + 1
     assert main([*base[:out], str(a_file), *base[out + 1 :]]) == 2
     assert "is a file: the run needs a directory" in capsys.readouterr().err
-    assert main(["train", "vitdet", "--data", "shapes", "--out", str(tmp_path / "d"), "--epochs", "0"]) == 2
+    assert main(["train", "vitdet", "--data", "shapes", "--out", str(tmp_path / "d"), "--set", "train.epochs=0"]) == 2
     assert "epochs >= 1" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def register(name: str, builder: Callable[[], Preset], reported: Reported | None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# RGTP+: our recommended settings beyond the paper (see README "Which preset when" and rgtp bench)
+# RGTP+: our recommended settings beyond the paper (see docs/own-model.md, "Which preset when", and rgtp bench)
 
 TRIGGER = 1.0  # accumulated embedding drift that triggers a reset: 7-20 frames of a moving camera
 CUT = 0.5  # one step's embedding change that is a scene cut (cuts measure 1-2; camera motion 0.05-0.2 per frame)
@@ -307,8 +307,8 @@ _PLUS_WHAT = {
     "vivit": "buffered context of pruned tokens, change prior, no periodic reset",
 }
 #: RGTP+ presets: (paper preset, keep ratio). The benchmark models' ratios are the cheapest measured within 0.5 points
-#: of dense in ``rgtp bench`` (README, "Which preset when"), except the pedestrian detector's: 0.1 rather than 0.05,
-#: as ``rgtp run`` applies it to any footage. ViTDet-B's is the paper's keep400 ratio.
+#: of dense in ``rgtp bench`` (docs/own-model.md, "Which preset when"), except the pedestrian detector's: 0.1 rather
+#: than 0.05, as ``rgtp run`` applies it to any footage. ViTDet-B's is the paper's keep400 ratio.
 PLUS_PRESETS = {
     "shapes_det_plus": ("shapes_det_rgtp", 0.2),
     "pedestrians_det_plus": ("pedestrians_det_rgtp", 0.1),

