@@ -8,12 +8,14 @@ recorded them). See ``tests/golden_cases.py`` for the cases and how to re-record
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
 from golden_cases import CASES, GOLDEN
+from rgtp import ops
 from rgtp.accounting import count_preset
 from rgtp.presets import get_preset
 
@@ -56,6 +58,14 @@ NEW_REPORTS = {"motions_eventful": ("keep_idx", "scores")}
 #: fraction of the VID average (issue 17: staggered refresh has its own); and the dense ViTDet presets' breakdown
 #: has the neck (their step now runs the whole model, as the RGTP presets' did).
 NEW_ACCOUNTING = {"method", "note", "frame_gmacs", "full_fraction"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_ops() -> Iterator[None]:
+    """The goldens were recorded with rgtp's own NMS and RoIAlign: keep them where torchvision.ops imports too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ops, "_compiled", lambda x: None)
+        yield
 
 
 @pytest.fixture(scope="module")

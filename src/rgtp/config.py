@@ -342,7 +342,9 @@ class RGTPConfig:
 
 @dataclass(frozen=True)
 class ExecutionConfig:
-    """How a runner executes its steps: never what it computes (the kept sets and MAC counts do not change).
+    """How a runner executes its steps, not what it computes: the MAC counts do not change; in fp32 the kept sets and
+    outputs are the exact path's up to rounding (fused attention sums in another order); under bf16 / fp16 importance
+    scores that are near-tied can rank differently, so a kept set can differ where the exact path's choice was a tie.
 
     The defaults are the exact path the paper presets' golden outputs were recorded with. The GPU path is
     ``ExecutionConfig(attention="fused", precision="bf16", compile="graphs")``.

@@ -1,4 +1,4 @@
-"""COCO-style detection mAP, as the paper reports it for ImageNet VID (method notes §12.1).
+"""COCO-style detection mAP, as the paper reports it for ImageNet VID (method §12.1).
 
 The paper's number is ``map_50`` from torchmetrics 0.11 ``MeanAveragePrecision()``: COCO 101-point interpolated AP at
 IoU 0.5, at most 100 detections per image and class, area range "all", averaged over the classes that have ground

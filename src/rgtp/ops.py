@@ -10,8 +10,10 @@ Boxes are ``(x1, y1, x2, y2)`` in absolute coordinates ("xyxy"); areas have no `
   feature pixels, which :func:`torch.nn.functional.embedding_bag` evaluates without materialising the samples.
 
 Where ``torchvision.ops`` imports (a torchvision built for the installed torch), :func:`nms`, :func:`batched_nms` and
-:func:`roi_align` call its compiled kernels for float32/float64 inputs (the results agree; ``RGTP_TORCHVISION=0``
-turns this off); elsewhere, and for half-precision inputs, the plain PyTorch versions here run.
+:func:`roi_align` call its compiled kernels (half-precision inputs in float32, as ours compute them);
+``RGTP_TORCHVISION=0``, read once per process, turns this off. Elsewhere the plain PyTorch versions here run. The two
+agree up to ties and rounding (torchvision's ``batched_nms`` offsets boxes per class, its RoIAlign sums in another
+order), so the golden tests of the paper presets, recorded with ours, run with ours.
 
 Everything computes in the input dtype, except that float16/bfloat16 inputs are upcast to float32 for the IoU in
 :func:`nms` / :func:`batched_nms` and for the coordinates, weights and accumulation in :func:`roi_align` (the result
@@ -59,8 +61,13 @@ def _torchvision_ops() -> ModuleType | None:
 
 
 def _compiled(x: Tensor) -> ModuleType | None:
-    """torchvision.ops for inputs of this dtype, if it is available."""
-    return _torchvision_ops() if x.dtype in (torch.float32, torch.float64) else None
+    """torchvision.ops, if it is available (half-precision inputs are given to it in float32, as ours compute)."""
+    return _torchvision_ops() if x.is_floating_point() else None
+
+
+def _wide(x: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32, other dtypes unchanged."""
+    return x.float() if x.dtype in _LOW_PRECISION else x
 
 
 # ------------------------------------------------------------------------------------------------------------ boxes
@@ -188,8 +195,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     _check_nms_inputs(boxes, scores)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
-    if (tv := _compiled(boxes)) is not None and scores.dtype == boxes.dtype:
-        return tv.nms(boxes, scores, float(iou_threshold))
+    if (tv := _compiled(boxes)) is not None:
+        return tv.nms(_wide(boxes), _wide(scores).to(_wide(boxes).dtype), float(iou_threshold))
     order = _score_order(scores)  # (N,)
     return order[_greedy_sorted(boxes[order], iou_threshold)]
 
@@ -214,8 +221,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     n = boxes.shape[0]
     if n == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
-    if (tv := _compiled(boxes)) is not None and scores.dtype == boxes.dtype:
-        return tv.batched_nms(boxes, scores, idxs, float(iou_threshold))
+    if (tv := _compiled(boxes)) is not None:
+        return tv.batched_nms(_wide(boxes), _wide(scores).to(_wide(boxes).dtype), idxs, float(iou_threshold))
     order = _score_order(scores)  # (N,) score order
     grouped = order[torch.sort(idxs[order], stable=True).indices]  # (N,) group-major, score order inside a group
     counts = torch.unique_consecutive(idxs[grouped], return_counts=True)[1].tolist()
@@ -364,8 +371,10 @@ def roi_align(
     oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
     if oh <= 0 or ow <= 0:
         raise ValueError(f"output_size must be positive, got {output_size}")
-    if (tv := _compiled(features)) is not None and rois.dtype == features.dtype:
-        return tv.roi_align(features, rois, (oh, ow), spatial_scale, sampling_ratio, aligned)
+    if (tv := _compiled(features)) is not None:
+        wide = _wide(features)
+        pooled = tv.roi_align(wide, rois.to(wide.dtype), (oh, ow), spatial_scale, sampling_ratio, aligned)
+        return pooled.to(features.dtype)
     B, C, H, W = features.shape
     R = rois.shape[0]
     dtype = torch.float32 if features.dtype in _LOW_PRECISION else features.dtype

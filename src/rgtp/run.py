@@ -179,7 +179,7 @@ def run_videos(
     """
     if not isinstance(preset.model, ViTDetConfig):
         raise ValueError(f"{preset.name}: several videos at once run ViTDet presets (a ViViT clip batches its views)")
-    if len(set(map(str, videos))) != len(videos):
+    if len({Path(v).resolve() for v in videos}) != len(videos):
         raise ValueError("a video is given twice")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
@@ -192,11 +192,14 @@ def run_videos(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = [RunSummary(preset.name, str(v), weights_name, model=_model_line(preset, weights_name)) for v in videos]
-    total = sum(i.num_frames if max_frames is None else min(max_frames, i.num_frames or max_frames) for i in infos)
+    counts = [i.num_frames if max_frames is None else min(max_frames, i.num_frames or max_frames) for i in infos]
+    total = None if None in counts else sum(counts)  # a container may not say how many frames it holds
+    stems = [Path(v).stem for v in videos]
+    names_out = [s if stems.count(s) == 1 else f"{s}.{i}" for i, s in enumerate(stems)]  # a.mp4 and b/a.mp4
     with ExitStack() as stack:
         sinks = []
-        for video, summary in zip(videos, summaries, strict=True):
-            path = out_dir / f"{Path(video).stem}.{preset.name}.jsonl"
+        for stem, summary in zip(names_out, summaries, strict=True):
+            path = out_dir / f"{stem}.{preset.name}.jsonl"
             sinks.append(stack.enter_context(open(path, "w")))
             summary.outputs["jsonl"] = str(path)
         sources = [read_frames(v, max_frames, strict) for v in videos]

@@ -6,14 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rgtp.cli.common import (
     positive_int,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

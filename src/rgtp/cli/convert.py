@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rgtp.cli.common import (
     add_preset_args,
     resolve,
 )
 from rgtp.config import ConfigError
-
-if TYPE_CHECKING:
-    pass
-
 
 # `rgtp convert MODEL`: its sources (the first is the default) and the default target preset per source.
 _CONVERT_SOURCES = {"vitdet": ("vid", "coco", "eventful"), "vivit": ("k400", "epic")}

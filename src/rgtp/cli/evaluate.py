@@ -6,7 +6,7 @@ import argparse
 import os
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rgtp.cli.common import (
     action_dataset,
@@ -17,10 +17,6 @@ from rgtp.cli.common import (
     resolve,
 )
 from rgtp.config import ConfigError, Preset, override
-
-if TYPE_CHECKING:
-    pass
-
 
 _EVALUATE_DEFAULTS = {  # task: (default preset, default split, dataset)
     "vitdet-vid": ("vitdet_vid_672_keep512", "vid_val", "vid"),

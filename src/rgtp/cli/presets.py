@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rgtp.cli.common import (
     add_preset_args,
@@ -12,9 +12,6 @@ from rgtp.cli.common import (
     resolve,
 )
 from rgtp.config import save_config, to_dict
-
-if TYPE_CHECKING:
-    pass
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

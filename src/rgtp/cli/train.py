@@ -206,7 +206,9 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
         "train", help="fine-tune the temporal model on cached features, train the whole ViViT, or train a ViTDet"
     )
     modes = p.add_subparsers(dest="mode", required=True)
-    temporal = modes.add_parser("temporal", help="temporal encoder + classifier on a spatial-feature cache (§12.5)")
+    temporal = modes.add_parser(
+        "temporal", help="temporal encoder + classifier on a spatial-feature cache (method §12.5)"
+    )
     temporal.add_argument("--cache", required=True, help="directory written by `rgtp cache-spatial`")
     # default preset: the one the cache was made with
     add_preset_args(temporal, positional=False, default="", set_help=_set_help(TrainConfig))

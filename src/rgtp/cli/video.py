@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rgtp.cli.common import (
     add_execution_args,
@@ -17,9 +17,6 @@ from rgtp.cli.common import (
 )
 from rgtp.config import Preset
 from rgtp.interrupt import exit_status
-
-if TYPE_CHECKING:
-    pass
 
 
 def cmd_run(args: argparse.Namespace) -> int:

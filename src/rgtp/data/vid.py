@@ -1,6 +1,6 @@
 """ImageNet VID readers: sequences of frames with ground-truth boxes, for frame-by-frame detector evaluation.
 
-Two on-disk layouts are understood (see ``docs/rgtp-method.md`` §12.1 for the evaluation protocol):
+Two on-disk layouts are understood (method §12.1 for the evaluation protocol):
 
 ``"ilsvrc"`` -- the official ILSVRC2015 VID release::
 

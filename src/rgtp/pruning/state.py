@@ -70,14 +70,18 @@ class StreamState:
     @classmethod
     def join(cls, states: list[StreamState]) -> StreamState:
         """The streams of ``states`` as one batch, in order. Shared values (the step index, ...) are the first
-        state's; a tensor one state lacks (e.g. the drift a reset cleared) is zeros for its streams."""
+        state's; an optional tensor one state lacks (e.g. the drift a reset cleared) is zeros for its streams; a buffer
+        (a dict entry) one state lacks is an error."""
         first = states[0]
         sizes = [s.batch_size() for s in states]
         joined = {}
         for f in dataclasses.fields(first):
             values = [getattr(s, f.name) for s in states]
             if isinstance(values[0], dict):
-                joined[f.name] = {k: _cat([v.get(k) for v in values], sizes) for k in values[0]}
+                keys = [set(v) for v in values]
+                if any(k != keys[0] for k in keys):
+                    raise ValueError(f"cannot join states whose {f.name} hold different entries: {keys}")
+                joined[f.name] = {k: torch.cat([v[k] for v in values]) for k in values[0]}
             elif any(isinstance(v, Tensor) for v in values):
                 joined[f.name] = _cat(values, sizes)
         return dataclasses.replace(first, **joined)

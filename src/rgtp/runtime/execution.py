@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_VARIANTS = 64  # compiled variants of one body that dynamo keeps
 
 
 def full_precision(like: Tensor) -> contextlib.AbstractContextManager[Any]:
@@ -54,7 +55,8 @@ class Execution:
     def __init__(self, cfg: ExecutionConfig | None = None) -> None:
         self.cfg = ExecutionConfig() if cfg is None else cfg
         self.fused: bool | None = True if self.cfg.attention == "fused" else None
-        self.inplace = self.cfg.compile != "graphs"
+        # captured graphs must not mutate their inputs; a CPU captures none and keeps in-place updates
+        self.inplace = not (self.cfg.compile == "graphs" and torch.cuda.is_available())
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
         """The context a step runs in: autocast at the configured precision, or nothing at fp32."""
@@ -81,12 +83,21 @@ class Execution:
             key = "graphs" if graphs else "compile"
             if key not in cache:
                 logger.info("compiling %s (%s)", getattr(body, "__qualname__", body), key)
+                # one variant per runner, step kind and batch (static shapes): more than dynamo's default 8, past
+                # which it would fall back to eager without a word
+                limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+                setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), _VARIANTS))
                 cache[key] = torch.compile(body, mode="reduce-overhead" if graphs else None, dynamic=False)
             if not graphs:
                 return cache[key](*args, **kwargs)
             torch.compiler.cudagraph_mark_step_begin()
-            # A graph's outputs live in its memory pool and are overwritten by its next replay: the stream's state
-            # keeps copies, so that the next step reads them as ordinary inputs.
-            return tree_map(lambda v: v.clone() if isinstance(v, Tensor) else v, cache[key](*args, **kwargs))
+            out = cache[key](*args, **kwargs)
+            # A graph's outputs live in its memory pool and are overwritten by its next replay: what the stream's
+            # state keeps (the buffers the body stored into the dicts it was given) and what it returns are copied
+            # out, so that the next step reads them as ordinary inputs.
+            for arg in args:
+                if isinstance(arg, dict):
+                    arg.update({k: v.clone() for k, v in arg.items() if isinstance(v, Tensor)})
+            return tree_map(lambda v: v.clone() if isinstance(v, Tensor) else v, out)
 
         return run  # type: ignore[return-value]

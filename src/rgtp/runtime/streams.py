@@ -6,7 +6,10 @@ can be added (more frames than slots) and removed (:meth:`MultiStream.drop`), an
 
 A slot that resets is stepped from a fresh state on its own (a FULL step, batched with the other slots that reset at
 the same step), then joins the others and follows their schedule: the batch keeps one kept count per step (static
-shapes), and the only extra work is that slot's FULL step. Everything else runs as one batched step.
+shapes), and the only extra work is that slot's FULL step. Everything else runs as one batched step. So a slot's
+outputs are those of its stream run alone when the schedule has no periodic reset (``reset_every=None``); with one,
+the slot's periodic FULL steps come at the batch's times rather than its own. Data-triggered resets (RGTP+'s
+``schedule.cut`` / ``trigger``) fire for the whole batch when any slot's embeddings change past the threshold.
 
 Example (a serving loop over N live sources)::
 
@@ -75,6 +78,12 @@ class MultiStream:
                 (old, self.runner.step(frames[old], main)),
                 (new, self.runner.step(frames[new], started)),
             ]
+            grids = getattr(main, "grid", None), getattr(started, "grid", None)
+            if grids[0] != grids[1]:
+                raise ValueError(
+                    f"slots {new} start videos on a {grids[1]} token grid, the others are on {grids[0]}: one batch "
+                    "has one frame size"
+                )
             order = torch.tensor(old + new).argsort()  # batch position of each slot in the joined state
             self.state = type(main).join([main, started]).take(order.to(frames.device))
         self.steps = [0 if fresh[i] else self.steps[i] for i in range(s)]

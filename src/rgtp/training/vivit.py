@@ -88,7 +88,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     dropout: float = 0.5  # before the classifier (the reference fine-tunes with 0.5)
     seed: int = 42
-    double_softmax: bool = False  # the reference's loss: cross-entropy of the softmax probabilities (§13.13)
+    double_softmax: bool = False  # the reference's loss: cross-entropy of the softmax probabilities (method §13.13)
     train_nouns: bool = False  # also train the noun head (with a noun cross-entropy) when model and data have nouns
     max_steps: int | None = None  # at most this many optimiser steps per epoch (smoke tests)
     val_batch_size: int | None = None  # clips per validation batch (None: the task's default)
