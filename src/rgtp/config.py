@@ -31,6 +31,7 @@ __all__ = [
     "SelectionConfig",
     "ToMeConfig",
     "TrackingConfig",
+    "TrainPrecision",
     "ViTDetConfig",
     "ViViTConfig",
     "changed",
@@ -48,7 +49,8 @@ __all__ = [
 #: precision (forward pass and loss under :func:`torch.autocast` with bfloat16; weights, gradients and optimiser
 #: state stay float32). bf16 halves a CPU training step where the CPU has bfloat16 instructions (AVX512-BF16, AMX)
 #: and slows it down where it has not.
-PRECISIONS = ("fp32", "bf16")
+TrainPrecision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = typing.get_args(TrainPrecision)
 
 
 class ConfigError(ValueError):

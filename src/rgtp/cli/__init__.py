@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only the first process logs (and errors)
     level = (logging.DEBUG if args.verbose else logging.INFO) if first else logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if args.command != "evaluate" and getattr(args, "preset", "x") is None and getattr(args, "config", None) is None:
+    optional = args.command == "evaluate" or getattr(args, "preset_optional", False)  # a default chosen per task
+    if not optional and getattr(args, "preset", "x") is None and getattr(args, "config", None) is None:
         print("rgtp: error: name a preset (see `rgtp presets`) or give --config FILE", file=sys.stderr)
         return 2
     try:

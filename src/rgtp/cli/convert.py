@@ -65,5 +65,7 @@ def add_parsers(sub: Any) -> None:
         "--nouns", action="store_true", help="vivit --source epic: keep the noun head (target num_nouns=300)"
     )
     p.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)")
-    add_preset_args(p, positional=False)  # the target architecture (ViTDet: the input size does not matter)
-    p.set_defaults(fn=cmd_convert, preset="")  # default preset per model and source (see _CONVERT_PRESETS)
+    add_preset_args(
+        p, positional=False, default=None
+    )  # the target architecture (ViTDet: the input size does not matter)
+    p.set_defaults(fn=cmd_convert, preset=None, preset_optional=True)  # default per model and source (_CONVERT_PRESETS)

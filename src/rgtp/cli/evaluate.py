@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import typing
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from rgtp.cli.common import (
     resolve,
 )
 from rgtp.config import ConfigError, Preset, override
+from rgtp.data.vid import Layout
 
 _EVALUATE_DEFAULTS = {  # task: (default preset, default split, dataset)
     "vitdet-vid": ("vitdet_vid_672_keep512", "vid_val", "vid"),
@@ -97,7 +99,7 @@ def add_parsers(sub: Any) -> None:
         "--data", required=True, help="dataset root (layouts per task: docs/reproduce-vid.md, docs/reproduce-vivit.md)"
     )
     p.add_argument("--split", help="split (default: vid_val / val / validation)")
-    p.add_argument("--layout", default="auto", choices=["auto", "ilsvrc", "coco"], help="VID annotation layout")
+    p.add_argument("--layout", default="auto", choices=typing.get_args(Layout), help="VID annotation layout")
     p.add_argument("--fps", type=float, help="decode at this frame rate (K400 default 25, as the paper; EPIC: native)")
     p.add_argument("--short-side", type=positive_int, help="resize frames at decode time (default: the crop size)")
     p.add_argument("--out-dir", help="predictions (per preset) and results.json (default eval_vid/k400/epic)")

@@ -163,7 +163,8 @@ def cmd_train_vitdet(args: argparse.Namespace) -> int:
 
 def _add_vitdet_training_parser(modes: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q = modes.add_parser("vitdet", help="a ViTDet detector (backbone, pyramid, Faster R-CNN) on a detection set")
-    add_preset_args(q, positional=False, default="", set_help=_set_help(DetTrainConfig))  # default: <data>_det_base
+    add_preset_args(q, positional=False, default=None, set_help=_set_help(DetTrainConfig))
+    q.set_defaults(preset_optional=True)  # without one: <data>_det_base
     q.add_argument("--data", required=True, help="detection set: shapes (generated) or pedestrians (--video --boxes)")
     q.add_argument("--video", help="pedestrians: the video file (vtest.avi)")
     q.add_argument("--boxes", help="pedestrians: the boxes file (default: benchmarks/data/vtest_hog_boxes.json)")
@@ -171,7 +172,7 @@ def _add_vitdet_training_parser(modes: argparse._SubParsersAction) -> None:  # t
     q.add_argument("--val-split", help="default: val (shapes), test (pedestrians)")
     q.add_argument("--max-sequences", type=positive_int, help="only the first N sequences of each split (quick runs)")
     q.add_argument("--out", required=True, help="run directory (checkpoint.pt, last.pt, best.pt, history.jsonl)")
-    q.add_argument("--recipe", choices=["shapes", "pedestrians"], help="defaults (default: the --data name)")
+    q.add_argument("--recipe", help="the training defaults: shapes or pedestrians (default: the --data name)")
     q.add_argument("--weights", help="starting weights (rgtp state dict); random if omitted")
     q.add_argument("--device", default="cpu", help="cpu or cuda (cuda:<local rank> under torchrun)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -211,7 +212,8 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     )
     temporal.add_argument("--cache", required=True, help="directory written by `rgtp cache-spatial`")
     # default preset: the one the cache was made with
-    add_preset_args(temporal, positional=False, default="", set_help=_set_help(TrainConfig))
+    add_preset_args(temporal, positional=False, default=None, set_help=_set_help(TrainConfig))
+    temporal.set_defaults(preset_optional=True)
     temporal.add_argument("--weights", required=True, help="starting weights (rgtp state dict)")
     whole = modes.add_parser("vivit", help="the whole ViViT on decoded clips (one random view per clip)")
     add_preset_args(whole, positional=False, default=None, set_help=_set_help(TrainConfig))
@@ -222,7 +224,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:  # type: ign
     for q in (temporal, whole):
         q.add_argument("--out", required=True, help="run directory (checkpoint.pt, last.pt, best.pt, history.jsonl)")
         q.add_argument(
-            "--recipe", choices=["k400", "epic", "motions"], help="defaults (default: from the preset's classes)"
+            "--recipe", help="the training defaults: k400, epic or motions (default: from the preset's classes)"
         )
         q.add_argument("--train-split", help="default: the recipe's (train)")
         q.add_argument("--val-split", help="default: the recipe's (val / validation)")

@@ -12,17 +12,12 @@ from pathlib import Path
 import torch
 
 from rgtp.build import build_model, load_weights, with_weights_nouns
-from rgtp.config import PRECISIONS, ConfigError, Preset, ViViTConfig
+from rgtp.config import Preset, ViViTConfig
 from rgtp.models.vivit import ViViT
 
-__all__ = ["build_vivit", "check_precision", "fingerprint", "native_bf16", "training_autocast", "weights_name"]
+__all__ = ["build_vivit", "fingerprint", "native_bf16", "training_autocast", "weights_name"]
 
 logger = logging.getLogger(__name__)
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown training precision {precision!r}; known: {', '.join(PRECISIONS)}")
 
 
 def training_autocast(precision: str, device: str | torch.device) -> torch.autocast:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from rgtp.build import build_model, load_weights
-from rgtp.config import ConfigError, Preset, ViTDetConfig, to_dict
+from rgtp.config import ConfigError, Preset, TrainPrecision, ViTDetConfig, check_literals, to_dict
 from rgtp.data.detection import DetectionSet
 from rgtp.evaluation.dist import DistInfo, gather, setup, shard
 from rgtp.metrics import coco_map
@@ -43,7 +43,7 @@ from rgtp.models.frcnn import FRCNNTrainConfig
 from rgtp.models.vitdet import ViTDet, preprocess_frame, resize_shape
 from rgtp.ops import nonempty
 from rgtp.progress import progress_bar
-from rgtp.training.common import check_precision, weights_name
+from rgtp.training.common import weights_name
 from rgtp.training.loop import Batch, FitResult, TrainTask, all_sum, fit, keyed_loader, lr_schedule, resume_settings
 
 __all__ = [
@@ -83,10 +83,10 @@ class DetTrainConfig:
     val_batch_size: int = 8
     head: FRCNNTrainConfig = field(default_factory=FRCNNTrainConfig)  # anchor / RoI matching and sampling
     workers: int = 0  # DataLoader worker processes (0: load in the main process)
-    precision: str = "fp32"  # or "bf16": mixed-precision forward passes (rgtp.training.common.PRECISIONS)
+    precision: TrainPrecision = "fp32"  # or "bf16": mixed-precision forward passes
 
     def __post_init__(self) -> None:
-        check_precision(self.precision)
+        check_literals(self)
         if not (math.isfinite(self.lr) and self.lr > 0) or self.epochs < 1 or self.batch_size < 1 or self.workers < 0:
             raise ConfigError("lr must be a finite number > 0, epochs >= 1, batch_size >= 1 and workers >= 0")
         if self.weight_decay < 0 or self.warmup_steps < 0 or not 0.0 < self.warmup_factor <= 1.0:

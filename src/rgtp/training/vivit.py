@@ -34,13 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from rgtp.config import ConfigError, Preset, ViViTConfig, to_dict
+from rgtp.config import ConfigError, Preset, TrainPrecision, ViViTConfig, check_literals, to_dict
 from rgtp.data.action import ActionDataError, ActionDataset, preset_views
 from rgtp.data.views import normalize_resize, pad_frames
 from rgtp.evaluation.dist import DistInfo, gather, setup, shard
 from rgtp.models.vivit import ViViT
 from rgtp.progress import progress_bar
-from rgtp.training.common import build_vivit, check_precision, fingerprint, weights_name
+from rgtp.training.common import build_vivit, fingerprint, weights_name
 from rgtp.training.loop import (
     Batch,
     Failure,
@@ -96,14 +96,14 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warmup (0: none; the paper's recipes use a constant learning rate)
     cosine: bool = False  # cosine decay to 0 after the warmup (training from scratch)
     clip_grad: float | None = None  # max gradient norm (None: no clipping)
-    precision: str = "fp32"  # or "bf16": mixed-precision forward passes (rgtp.config.PRECISIONS)
+    precision: TrainPrecision = "fp32"  # or "bf16": mixed-precision forward passes
     stop_top1: float | None = None  # end training after the first epoch whose val top-1 reaches this (early stop)
 
     warmup_factor: ClassVar[float] = 0.001  # the warmup starts at this fraction of lr (fixed: not a setting)
     min_lr_ratio: ClassVar[float] = 0.0  # the cosine decays to this fraction of lr (fixed: not a setting)
 
     def __post_init__(self) -> None:
-        check_precision(self.precision)
+        check_literals(self)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
         if self.warmup_steps < 0:
