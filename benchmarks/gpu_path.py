@@ -177,7 +177,7 @@ class _Clock:
         return ms
 
 
-def schedule(runner: Any, case: Case, batch: int, inputs: list[Tensor], clock: _Clock) -> list[tuple[str, float]]:
+def schedule(runner: Any, inputs: list[Tensor], clock: _Clock) -> list[tuple[str, float]]:
     """One schedule from a fresh state: (kind, ms) per step."""
     state, kinds = runner.new_state(), []
     if clock.cuda:
@@ -198,7 +198,7 @@ def measure(case: Case, mode: str, batch: int, warmup: int, rounds: int, device:
     with torch.inference_mode():
         for rnd in range(warmup + rounds):
             for label, runner in todo.items():
-                steps = schedule(runner, case, batch, inputs, clock)
+                steps = schedule(runner, inputs, clock)
                 if rnd >= warmup:
                     samples[label].append(steps)
     out: dict[str, Any] = {"wall_s": round(time.perf_counter() - t0, 1)}

@@ -196,7 +196,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     if (tv := _compiled(boxes)) is not None:
-        return tv.nms(_wide(boxes), _wide(scores).to(_wide(boxes).dtype), float(iou_threshold))
+        wide = _wide(boxes)
+        return tv.nms(wide, scores.to(wide.dtype), float(iou_threshold))
     order = _score_order(scores)  # (N,)
     return order[_greedy_sorted(boxes[order], iou_threshold)]
 
@@ -222,7 +223,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     if n == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     if (tv := _compiled(boxes)) is not None:
-        return tv.batched_nms(_wide(boxes), _wide(scores).to(_wide(boxes).dtype), idxs, float(iou_threshold))
+        wide = _wide(boxes)
+        return tv.batched_nms(wide, scores.to(wide.dtype), idxs, float(iou_threshold))
     order = _score_order(scores)  # (N,) score order
     grouped = order[torch.sort(idxs[order], stable=True).indices]  # (N,) group-major, score order inside a group
     counts = torch.unique_consecutive(idxs[grouped], return_counts=True)[1].tolist()

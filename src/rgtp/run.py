@@ -218,8 +218,11 @@ def run_videos(
             with stopwatch(model_device) as elapsed:
                 outs = streams.step(torch.stack([b[2] for b in batch]))
             for (v, frame, _, scale), out in zip(batch, outs, strict=True):
-                record = _frame_record(out, frame, scale, cfg, accounting.step_gmacs(out.kind), names)
-                record.update(ms=round(elapsed[0] * 1e3, 2), batch=len(batch), weights=weights_name)
+                det = out.detections
+                found = None if det is None else _source_detections(det[0], scale, frame.shape[:2])
+                gmacs = accounting.step_gmacs(out.kind)
+                record = _frame_record(out, found, cfg, gmacs, elapsed[0] * 1e3, weights_name, names)
+                record["batch"] = len(batch)
                 _add(summaries[v], record)
                 sinks[v].write(json.dumps(record) + "\n")
                 sinks[v].flush()
@@ -250,17 +253,29 @@ def _next_frames(
 
 
 def _frame_record(
-    out: Any, frame: np.ndarray, scale: float, cfg: ViTDetConfig, gmacs: float, names: tuple[str, ...] | None
+    out: Any,
+    found: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    cfg: ViTDetConfig,
+    gmacs: float,
+    ms: float,
+    weights: str,
+    names: tuple[str, ...] | None,
+    k: int = 1,
 ) -> dict[str, Any]:
-    """A frame's JSON line (detections in source pixels), without its timing."""
-    found = None if out.detections is None else _source_detections(out.detections[0], scale, frame.shape[:2])
+    """A ViTDet frame's JSON line: ``found`` are its detections in pixels of the source enlarged ``k`` times, written
+    in source pixels."""
     return {
         "frame": out.t,
         "kind": out.kind.value,
         "kept": out.num_kept,
         "tokens": cfg.num_tokens,
         "gmacs": round(gmacs, 4),
-        "outputs": {"detections": None if found is None else _detections_json(found, names)},
+        "ms": round(ms, 2),
+        "weights": weights,
+        "outputs": {
+            "features": {name: list(v.shape[1:]) for name, v in out.features.items()},
+            "detections": None if found is None else _detections_json(found, names, k),
+        },
     }
 
 
@@ -404,19 +419,7 @@ def _run_vitdet(
         frame, scale = enlarge(frame, k), scale / k  # drawn k times larger: the model input is frame * scale
         gmacs, ms = accounting.step_gmacs(out.kind), (tick.seconds or 0.0) * 1e3
         found = None if out.detections is None else _source_detections(out.detections[0], scale, frame.shape[:2])
-        record: dict[str, Any] = {  # boxes in source pixels (the drawing's divided by k)
-            "frame": tick.index,
-            "kind": out.kind.value,
-            "kept": out.num_kept,
-            "tokens": cfg.num_tokens,
-            "gmacs": round(gmacs, 4),
-            "ms": round(ms, 2),
-            "weights": summary.weights,
-            "outputs": {
-                "features": {k: list(v.shape[1:]) for k, v in out.features.items()},
-                "detections": None if found is None else _detections_json(found, names, k),
-            },
-        }
+        record = _frame_record(out, found, cfg, gmacs, ms, summary.weights, names, k)  # (out.t is tick.index)
         lines = [_frame_line(tick.index, out.kind.value, out.num_kept, cfg.num_tokens, gmacs, ms), summary.model]
         reserve = _reserve(frame, [_frame_line(10**6, "rollout", cfg.num_tokens, cfg.num_tokens, 888.8, 88888.0),
                                    summary.model])  # fmt: skip
